@@ -1,0 +1,31 @@
+//! Tollgate configuration: the types a user writes, strict parsing that reports
+//! every error with file, line, column and key path, cross-field validation,
+//! the embedded default configuration and the JSON Schema.
+//!
+//! Entry points: [`load_file`] / [`load_str`] (parse + validate, all errors at
+//! once), [`embedded_default`], [`json_schema`]. Other crates that find
+//! problems later (e.g. invalid path patterns) report them at the right place
+//! with [`SourceMap::locate`].
+
+// Tests may unwrap and panic: a failed assertion is the point of a test.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod defaults;
+mod error;
+pub mod load;
+mod model;
+pub mod schema;
+pub mod secret;
+mod source_map;
+pub mod units;
+pub mod validate;
+
+pub use defaults::{DEFAULT_CONFIG, DEFAULT_ORIGIN, EXAMPLE_CONFIG, embedded_default};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{Loaded, load_file, load_str};
+pub use model::*;
+pub use schema::json_schema;
+pub use secret::{Secret, SecretError, SecretRef};
+pub use source_map::SourceMap;
+pub use units::{ByteSize, Duration};
+pub use validate::{ANONYMOUS_CONSUMER, GuardEntry, parse_guard_entry, validate};

@@ -1,0 +1,274 @@
+use super::*;
+use crate::load::load_str;
+
+/// Loads `src` and returns (path, message) of every error.
+fn problems(src: &str) -> Vec<(String, String)> {
+    match load_str(src, "v.yaml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.into_iter().map(|e| (e.path, e.message)).collect(),
+    }
+}
+
+fn paths(src: &str) -> Vec<String> {
+    problems(src).into_iter().map(|p| p.0).collect()
+}
+
+fn api(extra: &str) -> String {
+    format!("apis:\n  - name: a\n    hosts: [a.example.com]\n{extra}")
+}
+
+#[test]
+fn guard_entries_parse() {
+    let net = |s: &str| match parse_guard_entry(s).unwrap() {
+        GuardEntry::Net(n) => n.to_string(),
+        GuardEntry::SocketAddr(a) => panic!("{s} parsed as {a}"),
+    };
+    assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8");
+    assert_eq!(net("10.1.2.3"), "10.1.2.3/32");
+    assert_eq!(net("fd00::1"), "fd00::1/128");
+    assert_eq!(net("fd00::/8"), "fd00::/8");
+    assert_eq!(
+        parse_guard_entry("10.0.0.5:8443"),
+        Ok(GuardEntry::SocketAddr("10.0.0.5:8443".parse().unwrap()))
+    );
+    assert_eq!(
+        parse_guard_entry("[::1]:443"),
+        Ok(GuardEntry::SocketAddr("[::1]:443".parse().unwrap()))
+    );
+    for bad in [
+        "",
+        "10.0.0.0/33",
+        "example.com",
+        "10.0.0.5:0",
+        "::1:443x",
+        "10.0.0.0/8:443",
+    ] {
+        assert!(parse_guard_entry(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn guard_lists_are_checked() {
+    let p =
+        paths("network_guard:\n  allow: [10.0.0.0/8, nope]\n  deny: [\"[::1]:443\", 1.2.3.4/40]\n");
+    assert_eq!(p, ["network_guard.allow[1]", "network_guard.deny[1]"]);
+}
+
+#[test]
+fn names_are_unique_and_well_formed() {
+    let src = "\
+consumers:
+  - { name: anonymous, identify: { source: [10.0.0.1] } }
+  - { name: \"bad name\", identify: { source: [10.0.0.2] } }
+  - { name: c, identify: { source: [10.0.0.3] } }
+  - { name: c, identify: { source: [10.0.0.4] } }
+  - { name: \"\", identify: { source: [10.0.0.5] } }
+apis:
+  - { name: x.y-z_1, hosts: [a.example.com] }
+  - { name: \"a/b\", hosts: [b.example.com] }
+  - { name: x.y-z_1, hosts: [c.example.com] }
+";
+    let p = problems(src);
+    let got: Vec<_> = p.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "consumers[0].name",
+            "consumers[1].name",
+            "consumers[3].name",
+            "consumers[4].name",
+            "apis[1].name",
+            "apis[2].name"
+        ]
+    );
+    assert!(p[0].1.contains("reserved"));
+    assert!(p[2].1.contains("already used by consumers[2]"));
+}
+
+#[test]
+fn consumer_api_references_must_exist() {
+    let src = format!(
+        "{}consumers:\n  - name: c\n    identify: {{ source: [10.0.0.0/8] }}\n    apis: [a, missing]\n",
+        api("")
+    );
+    let p = problems(&src);
+    assert_eq!(
+        p,
+        [(
+            "consumers[0].apis[1]".to_owned(),
+            "no API is named \"missing\"".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn routes_are_checked() {
+    let base = "apis:\n  - { name: a, hosts: [a.example.com], route: /a }\n";
+    for (route, ok) in [
+        ("/b", true),
+        ("/b/v1", true),
+        ("b", false),
+        ("/b/", false),
+        ("/", false),
+        ("/admin", false),
+        ("/admin/x", false),
+        ("/administrators", true),
+        ("/a", false),
+        ("/b/*", false),
+    ] {
+        let src = format!("{base}  - {{ name: b, hosts: [b.example.com], route: \"{route}\" }}\n");
+        let p = paths(&src);
+        if ok {
+            assert!(p.is_empty(), "{route}: {p:?}");
+        } else {
+            assert_eq!(p, ["apis[1].route"], "{route}");
+        }
+    }
+}
+
+#[test]
+fn routed_api_needs_a_target() {
+    assert_eq!(
+        paths("apis:\n  - { name: a, hosts: [\"*.example.com\"], route: /a }\n"),
+        ["apis[0].route"]
+    );
+    assert_eq!(
+        paths("apis:\n  - { name: a, route: /a }\n"),
+        ["apis[0].route"]
+    );
+    assert!(
+        paths("apis:\n  - { name: a, route: /a, upstream: \"http://127.0.0.1:9000\" }\n")
+            .is_empty()
+    );
+    assert!(paths("apis:\n  - { name: a, hosts: [\"*.x.com\", x.com], route: /a }\n").is_empty());
+}
+
+#[test]
+fn upstreams_are_absolute_http_urls() {
+    for (u, ok) in [
+        ("https://api.example.com", true),
+        ("http://127.0.0.1:9000/base", true),
+        ("https://[::1]:8443", true),
+        ("ftp://example.com", false),
+        ("api.example.com", false),
+        ("/relative", false),
+        ("https://api.example.com/?x=1", false),
+        ("https://api.example.com/#frag", false),
+        ("https://user:pw@api.example.com", false),
+        ("https://", false),
+    ] {
+        let p = paths(&api(&format!("    upstream: \"{u}\"\n")));
+        assert_eq!(p.is_empty(), ok, "{u}: {p:?}");
+        if !ok {
+            assert_eq!(p, ["apis[0].upstream"]);
+        }
+    }
+}
+
+#[test]
+fn hosts_are_plain_names() {
+    for (h, ok) in [
+        ("api.example.com", true),
+        ("*.example.com", true),
+        ("10.0.0.1", true),
+        ("[fd00::1]", true),
+        ("", false),
+        ("https://api.example.com", false),
+        ("api.example.com:443", false),
+        ("api.example.com/v1", false),
+        ("api.*.com", false),
+        ("*", false),
+        ("*.", false),
+        ("**.example.com", false),
+    ] {
+        let src = format!("apis:\n  - name: a\n    hosts: [\"{h}\"]\n");
+        assert_eq!(paths(&src).is_empty(), ok, "{h}");
+        if !ok {
+            assert_eq!(paths(&src), ["apis[0].hosts[0]"], "{h}");
+        }
+    }
+}
+
+#[test]
+fn listeners() {
+    assert_eq!(
+        paths("listen: { proxy: 127.0.0.1:9000, admin: 127.0.0.1:9000 }\n"),
+        ["listen.admin"]
+    );
+    // Two ephemeral-port listeners never collide.
+    assert!(paths("listen: { proxy: 127.0.0.1:0, admin: 127.0.0.1:0 }\n").is_empty());
+    let p = problems("listen: { admin: 0.0.0.0:8081 }\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].1.contains("admin.token"), "{p:?}");
+    assert!(paths("listen: { admin: \"[::1]:8081\" }\n").is_empty());
+    assert!(paths("listen: { admin: 0.0.0.0:8081 }\nadmin: { token: \"${env:T}\" }\n").is_empty());
+}
+
+#[test]
+fn identities_are_checked() {
+    let src = "\
+consumers:
+  - name: a
+    identify: { header: { name: \"bad header\", value: a } }
+  - name: b
+    identify: { header: { name: X-Who, value: \"\" } }
+  - name: c
+    identify: { source: [10.0.0.0/8, \"10.0.0.1:80\", nope] }
+  - name: d
+    identify: { source: [] }
+  - name: e
+    identify: { api_key: { key: \"${env:K}\", header: \"x key\" } }
+  - name: f
+    identify: { header: { name: x-who, value: f } }
+  - name: g
+    identify: { header: { name: X-Who, value: f } }
+";
+    assert_eq!(
+        paths(src),
+        [
+            "consumers[0].identify.header.name",
+            "consumers[1].identify.header.value",
+            "consumers[2].identify.source[1]",
+            "consumers[2].identify.source[2]",
+            "consumers[3].identify.source",
+            "consumers[4].identify.api_key.header",
+            "consumers[6].identify",
+        ]
+    );
+}
+
+#[test]
+fn limits() {
+    assert_eq!(
+        paths("connect: { allowed_ports: [] }\n"),
+        ["connect.allowed_ports"]
+    );
+    assert_eq!(
+        paths("connect: { allowed_ports: [443, 0] }\n"),
+        ["connect.allowed_ports[1]"]
+    );
+    assert_eq!(
+        paths("server: { max_headers: 0 }\n"),
+        ["server.max_headers"]
+    );
+    assert_eq!(
+        paths("server: { max_connections: 0 }\n"),
+        ["server.max_connections"]
+    );
+    assert_eq!(
+        paths("logging: { access_log: \"\" }\n"),
+        ["logging.access_log"]
+    );
+}
+
+#[test]
+fn validate_without_source_falls_back_to_origin() {
+    let mut cfg = crate::Config::default();
+    cfg.server.max_headers = 0;
+    let e = validate(&cfg, &SourceMap::empty("<api>"));
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        e[0].to_string(),
+        "<api>:1:1: server.max_headers: must be at least 1"
+    );
+}

@@ -1,0 +1,31 @@
+//! Tollgate's data plane: the proxy listener (forward proxy, CONNECT tunnels
+//! and routes on one port), upstream connections with DNS pinning and the
+//! network guard, TLS, the one renderer for gateway errors, graceful
+//! shutdown, plus the admin API and configuration reload.
+//!
+//! `main` binds the listeners, builds a [`Gateway`] with [`Gateway::new`],
+//! spawns [`serve_proxy`] and the admin server, and calls
+//! `gateway.shutdown.trigger()` on SIGTERM/SIGINT; `serve_proxy` returns once
+//! everything has drained.
+
+pub mod admin;
+pub mod body;
+pub mod connect;
+pub mod dns;
+pub mod framing;
+pub mod guard;
+pub mod handler;
+pub mod hop;
+pub mod observe;
+pub mod reload;
+pub mod request_id;
+pub mod respond;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+
+pub use server::serve_proxy;
+pub use shutdown::Shutdown;
+pub use state::{Active, BuildError, Gateway};

@@ -1,0 +1,118 @@
+//! The log stage: one access-log line and one metrics observation per request
+//! or tunnel, denials and errors included. A [`Completion`] carries what is
+//! known about the request and is finished when the response body ends (or the
+//! tunnel closes), so byte counts are final.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tollgate_policy::{Scheme, TrafficKind};
+use tollgate_telemetry::{AccessRecord, RequestObservation, redact_query};
+
+use crate::body::BodyStats;
+use crate::dns::{DnsError, ResolveError};
+use crate::state::{Active, Gateway};
+use crate::upstream::ConnectError;
+
+/// Bytes received from the client.
+pub enum BytesIn {
+    Fixed(u64),
+    Streamed(Arc<BodyStats>),
+}
+
+/// Everything the log line needs, gathered while the request runs.
+pub struct Completion {
+    pub gateway: Arc<Gateway>,
+    pub active: Arc<Active>,
+    pub start: Instant,
+    pub time: SystemTime,
+    pub request_id: String,
+    pub kind: TrafficKind,
+    pub peer: SocketAddr,
+    pub consumer: Option<Arc<str>>,
+    pub api: Option<Arc<str>>,
+    pub method: http::Method,
+    pub scheme: Scheme,
+    /// The destination as the client named it (URI authority, CONNECT target, or Host for routes).
+    pub host: String,
+    /// Path and query as the client sent them; redacted when logged.
+    pub path: String,
+    pub status: u16,
+    pub decision: &'static str,
+    pub reason: Option<&'static str>,
+    pub bytes_in: BytesIn,
+    pub upstream_duration: Option<Duration>,
+    pub upstream_addr: Option<SocketAddr>,
+}
+
+impl Completion {
+    /// Writes the access-log line and the metrics. `complete` is false when the
+    /// response body was cut short (client went away, upstream failed mid-body).
+    pub fn finish(self, bytes_out: u64, complete: bool) {
+        let bytes_in = match &self.bytes_in {
+            BytesIn::Fixed(n) => *n,
+            BytesIn::Streamed(s) => s.bytes(),
+        };
+        let total = self.start.elapsed();
+        let reason = match (self.reason, complete) {
+            (Some(r), _) => Some(r),
+            (None, false) => Some("response_incomplete"),
+            (None, true) => None,
+        };
+        let gw = &self.gateway;
+        gw.metrics.observe_request(&RequestObservation {
+            kind: self.kind.as_str(),
+            api: self.api.as_deref().unwrap_or(""),
+            consumer: self.consumer.as_deref().unwrap_or(""),
+            status: self.status,
+            decision: self.decision,
+            total,
+            upstream: self.upstream_duration,
+            bytes_in,
+            bytes_out,
+        });
+        if !gw.access_log.is_enabled() {
+            return;
+        }
+        let path = redact_query(&self.path, &self.active.redact_query_params);
+        gw.access_log.log(&AccessRecord {
+            time: self.time,
+            request_id: &self.request_id,
+            kind: self.kind.as_str(),
+            peer: self.peer.ip(),
+            consumer: self.consumer.as_deref(),
+            api: self.api.as_deref(),
+            method: self.method.as_str(),
+            scheme: self.scheme.as_str(),
+            host: &self.host,
+            path: &path,
+            status: self.status,
+            decision: self.decision,
+            reason,
+            bytes_in,
+            bytes_out,
+            duration: total,
+            upstream_duration: self.upstream_duration,
+            upstream_addr: self.upstream_addr,
+        });
+    }
+}
+
+/// Counts guard denials and DNS failures met while connecting upstream.
+pub fn count_connect_error(gw: &Gateway, err: &ConnectError) {
+    match err {
+        ConnectError::Resolve(ResolveError::Blocked(d)) => gw.metrics.guard_denied(d.as_str()),
+        ConnectError::Resolve(ResolveError::Dns(e)) => gw.metrics.dns_error(dns_label(e)),
+        _ => {}
+    }
+}
+
+fn dns_label(e: &DnsError) -> &'static str {
+    match e {
+        DnsError::NotFound(_) => "not_found",
+        DnsError::Timeout(_) => "timeout",
+        DnsError::Failed(_) => "failed",
+        DnsError::Config(_) => "config",
+    }
+}

@@ -1,0 +1,270 @@
+//! Configuration reload. A reload (file change, SIGHUP, `POST /admin/reload`)
+//! loads and validates the new configuration off the hot path, compiles it into
+//! a [`Policy`], builds the runtime pieces that depend on it, and swaps the
+//! gateway's [`Active`] atomically. Requests in flight keep the `Arc<Active>`
+//! they started with. An invalid configuration is rejected: the old one keeps
+//! serving, and the error is kept for the admin API, logged and counted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tollgate_config::{ConfigErrors, Loaded};
+use tollgate_policy::Policy;
+
+use crate::state::{Active, Gateway};
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A YAML file or a directory of YAML files.
+    Path(PathBuf),
+    /// The configuration compiled into the binary.
+    Embedded,
+}
+
+impl ConfigSource {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Path(p) => p.display().to_string(),
+            Self::Embedded => "<embedded default>".to_owned(),
+        }
+    }
+
+    fn load(&self) -> Result<Loaded, ConfigErrors> {
+        match self {
+            Self::Path(p) => tollgate_config::load_file(p),
+            Self::Embedded => tollgate_config::embedded_default(),
+        }
+    }
+}
+
+/// Loads, validates and compiles a configuration. Semantic errors found while
+/// compiling (bad patterns, unreadable secrets) are located in the source like
+/// parse errors, so `tollgate validate` and a reload report them identically.
+pub fn load_policy(source: &ConfigSource, version: u64) -> Result<Policy, ConfigErrors> {
+    let loaded = source.load()?;
+    let Loaded {
+        config,
+        source: map,
+    } = loaded;
+    Policy::compile(Arc::new(config), version).map_err(|errors| {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|e| map.locate(&e.path, e.message))
+                .collect(),
+        )
+    })
+}
+
+/// What the admin API shows about configuration state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub source: String,
+    pub version: u64,
+    /// Unix seconds when the current version was applied.
+    pub applied_at: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// The most recent failed reload's errors, cleared by the next success.
+    pub last_error: Option<String>,
+    /// Unix seconds of the most recent failed reload.
+    pub last_error_at: Option<u64>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Reloader {
+    source: ConfigSource,
+    gateway: Arc<Gateway>,
+    own_listeners: Vec<SocketAddr>,
+    next_version: AtomicU64,
+    status: ArcSwap<ReloadStatus>,
+    /// One reload at a time; concurrent triggers queue behind it.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// `initial_version` is the version of the policy the gateway was built with.
+    pub fn new(
+        source: ConfigSource,
+        gateway: Arc<Gateway>,
+        own_listeners: Vec<SocketAddr>,
+        initial_version: u64,
+    ) -> Arc<Self> {
+        let status = ReloadStatus {
+            source: source.describe(),
+            version: initial_version,
+            applied_at: unix_now(),
+            reloads_ok: 0,
+            reloads_failed: 0,
+            last_error: None,
+            last_error_at: None,
+        };
+        gateway.metrics.config_applied(initial_version);
+        Arc::new(Self {
+            source,
+            gateway,
+            own_listeners,
+            next_version: AtomicU64::new(initial_version + 1),
+            status: ArcSwap::from_pointee(status),
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn status(&self) -> Arc<ReloadStatus> {
+        self.status.load_full()
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// Reloads now. Returns the new version, or the errors (one per line) when
+    /// the new configuration was rejected and the old one kept.
+    pub async fn reload(self: &Arc<Self>, trigger: &'static str) -> Result<u64, String> {
+        let _one_at_a_time = self.lock.lock().await;
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let this = Arc::clone(self);
+        // Parsing, secret files and compilation are blocking work: keep them off the reactor.
+        let built = tokio::task::spawn_blocking(move || this.build(version)).await;
+        let result = match built {
+            Ok(r) => r,
+            Err(e) => Err(format!("reload task failed: {e}")),
+        };
+        match result {
+            Ok(active) => {
+                self.gateway.active.store(Arc::new(active));
+                self.gateway.metrics.config_applied(version);
+                self.status.rcu(|s| ReloadStatus {
+                    version,
+                    applied_at: unix_now(),
+                    reloads_ok: s.reloads_ok + 1,
+                    last_error: None,
+                    last_error_at: None,
+                    ..(**s).clone()
+                });
+                tracing::info!(config.version = version, config.source = %self.source.describe(), reload.trigger = trigger, "configuration reloaded");
+                Ok(version)
+            }
+            Err(message) => {
+                self.gateway.metrics.config_reload_failed();
+                self.status.rcu(|s| ReloadStatus {
+                    reloads_failed: s.reloads_failed + 1,
+                    last_error: Some(message.clone()),
+                    last_error_at: Some(unix_now()),
+                    ..(**s).clone()
+                });
+                tracing::error!(config.source = %self.source.describe(), reload.trigger = trigger, error = %message, "configuration rejected; previous configuration keeps serving");
+                Err(message)
+            }
+        }
+    }
+
+    fn build(&self, version: u64) -> Result<Active, String> {
+        let policy = load_policy(&self.source, version).map_err(|e| e.to_string())?;
+        let current = self.gateway.active.load_full();
+        let old_listen = &current.policy.config().listen;
+        if policy.config().listen != *old_listen {
+            tracing::warn!(
+                "listen addresses changed in the new configuration; they take effect only after a restart"
+            );
+        }
+        Active::build(policy, &self.own_listeners, Some(&current)).map_err(|e| e.to_string())
+    }
+}
+
+/// Reloads on SIGHUP until the process ends.
+pub fn spawn_sighup(reloader: Arc<Reloader>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload("sighup").await;
+        }
+    });
+    Ok(())
+}
+
+/// Watches the configuration file (or directory) and reloads when its content
+/// changes. Editors often replace a file rather than write it, so the parent
+/// directory is watched and events are debounced. Returns the watcher, which
+/// must be kept alive.
+pub fn spawn_file_watcher(
+    reloader: Arc<Reloader>,
+) -> Result<Option<notify::RecommendedWatcher>, notify::Error> {
+    use notify::{RecursiveMode, Watcher};
+    let ConfigSource::Path(path) = reloader.source().clone() else {
+        return Ok(None);
+    };
+    let watch_dir = if path.is_dir() {
+        path.clone()
+    } else {
+        path.parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let target = path.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let relevant = target.is_dir()
+                || event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == target.file_name());
+            if relevant && !event.kind.is_access() {
+                let _ = tx.try_send(());
+            }
+        }
+    })?;
+    watcher.watch(&watch_dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        let mut last = fingerprint(&path);
+        while rx.recv().await.is_some() {
+            // Debounce: editors write in several steps.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let now = fingerprint(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let _ = reloader.reload("file_change").await;
+        }
+    });
+    Ok(Some(watcher))
+}
+
+/// A cheap content fingerprint so touching a file without changing it does not
+/// bump the configuration version.
+fn fingerprint(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            p.hash(&mut h);
+            std::fs::read(&p).ok()?.hash(&mut h);
+        }
+    } else {
+        std::fs::read(path).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
+}
