@@ -212,7 +212,9 @@ fn default_connect_ports() -> Vec<u16> {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    /// A client must finish sending request headers within this time (slowloris guard).
+    /// A client must finish sending request headers within this time (slowloris
+    /// guard). The clock starts when the connection waits for a request, so an
+    /// idle keep-alive client connection is also closed after this long.
     #[serde(default = "Duration::secs_10")]
     pub header_read_timeout: Duration,
     /// Maximum size of the request head (request line plus headers).
@@ -221,9 +223,6 @@ pub struct Server {
     /// Maximum number of request headers.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
-    /// Idle keep-alive connections from clients are closed after this long.
-    #[serde(default = "Duration::secs_60")]
-    pub idle_timeout: Duration,
     /// On SIGTERM/SIGINT, in-flight requests and tunnels get this long to finish.
     #[serde(default = "Duration::secs_30")]
     pub shutdown_grace: Duration,
@@ -238,7 +237,6 @@ impl Default for Server {
             header_read_timeout: Duration::secs_10(),
             max_header_bytes: ByteSize::kib_64(),
             max_headers: default_max_headers(),
-            idle_timeout: Duration::secs_60(),
             shutdown_grace: Duration::secs_30(),
             max_connections: default_max_connections(),
         }
@@ -261,11 +259,8 @@ pub struct Logging {
     /// Diagnostic log filter (tracing `EnvFilter` syntax); `TOLLGATE_LOG` overrides.
     #[serde(default = "default_log_level")]
     pub level: String,
-    /// Extra request headers whose values never appear in logs (credentials and
-    /// identity headers are always redacted).
-    #[serde(default)]
-    pub redact_headers: Vec<String>,
     /// Query parameters whose values are replaced with `REDACTED` in logged paths.
+    /// (The access log never records header values, so no header redaction is needed.)
     #[serde(default = "default_redact_query")]
     pub redact_query_params: Vec<String>,
 }
@@ -275,7 +270,6 @@ impl Default for Logging {
         Self {
             access_log: default_access_log(),
             level: default_log_level(),
-            redact_headers: Vec::new(),
             redact_query_params: default_redact_query(),
         }
     }

@@ -213,16 +213,9 @@ struct Name {
     name: String,
 }
 
-fn known(names: impl Iterator<Item = String>, name: &str) -> bool {
-    names.into_iter().any(|n| n == name)
-}
-
 async fn api_off(State(st): State<AdminState>, Path(Name { name }): Path<Name>) -> Response {
     let active = st.gateway.active.load();
-    if !known(
-        active.policy.config().apis.iter().map(|a| a.name.clone()),
-        &name,
-    ) {
+    if !active.policy.api_names().any(|n| n == name) {
         return problem(
             StatusCode::NOT_FOUND,
             "unknown_api",
@@ -240,15 +233,7 @@ async fn api_on(State(st): State<AdminState>, Path(Name { name }): Path<Name>) -
 
 async fn consumer_off(State(st): State<AdminState>, Path(Name { name }): Path<Name>) -> Response {
     let active = st.gateway.active.load();
-    let mut names = active
-        .policy
-        .config()
-        .consumers
-        .iter()
-        .map(|c| c.name.clone())
-        .collect::<Vec<_>>();
-    names.push("anonymous".to_owned());
-    if !known(names.into_iter(), &name) {
+    if !active.policy.consumer_names().any(|n| n == name) {
         return problem(
             StatusCode::NOT_FOUND,
             "unknown_consumer",

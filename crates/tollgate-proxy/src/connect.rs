@@ -24,7 +24,7 @@ use tollgate_policy::{GatewayError, Target};
 use crate::body::ProxyBody;
 use crate::handler::ConnCtx;
 use crate::observe::{BytesIn, Completion, count_connect_error};
-use crate::respond::{connect_failure, error_response};
+use crate::respond::connect_failure;
 use crate::state::Active;
 use crate::upstream::connect_pinned;
 
@@ -50,7 +50,7 @@ pub async fn open(
         Ok(c) => c,
         Err(e) => {
             count_connect_error(&ctx.gateway, &e);
-            return fail(done, &connect_failure(&e));
+            return crate::handler::deny(done, &connect_failure(&e));
         }
     };
     let Some(on_upgrade) = on_upgrade else {
@@ -58,7 +58,7 @@ pub async fn open(
             tollgate_policy::ErrorCode::BadRequest,
             "this connection cannot be upgraded to a tunnel",
         );
-        return fail(done, &err);
+        return crate::handler::deny(done, &err);
     };
     done.upstream_addr = Some(addr);
     done.upstream_duration = Some(done.start.elapsed());
@@ -86,14 +86,6 @@ pub async fn open(
         done.finish(down_bytes, true);
     });
     Response::new(ProxyBody::empty())
-}
-
-fn fail(mut done: Completion, err: &GatewayError) -> Response<ProxyBody> {
-    let mut resp = error_response(err, done.kind, &done.request_id);
-    done.status = resp.status().as_u16();
-    done.reason = Some(err.code.as_str());
-    resp.body_mut().on_complete(done);
-    resp
 }
 
 /// Copies until EOF both ways, idle timeout, or forced shutdown. Returns

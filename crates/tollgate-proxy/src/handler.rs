@@ -17,13 +17,16 @@ use std::time::{Instant, SystemTime};
 use http::header::{CONNECTION, HOST, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use tollgate_policy::{ErrorCode, GatewayError, Outcome, RequestInfo, Scheme, Target, TrafficKind};
+use tollgate_policy::{
+    ErrorCode, Fault, GatewayError, Outcome, RequestInfo, Scheme, Target, TrafficKind,
+};
 
 use crate::body::{BodyStats, ProxyBody, RequestBody};
+use crate::dns::ResolveError;
 use crate::observe::{BytesIn, Completion, count_connect_error};
 use crate::respond::{connect_error_in, error_response, upstream_failure};
 use crate::state::{Active, Gateway, X_REQUEST_ID};
-use crate::upstream::{UpstreamAddr, bare_host};
+use crate::upstream::{ConnectError, UpstreamAddr, bare_host};
 use crate::{connect, hop, request_id};
 
 /// Per-connection facts the handler needs.
@@ -211,13 +214,22 @@ pub async fn handle(
         let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         return Ok(connect::open(&ctx, &active, &target, on_upgrade, done).await);
     }
-    Ok(forward(&ctx.gateway, &active, parts, body, target, http1, done).await)
+    let dest = Forwarding {
+        target,
+        strip_authorization: eval.strip_authorization,
+    };
+    Ok(forward(&ctx.gateway, &active, parts, body, dest, http1, done).await)
 }
 
-/// Renders a gateway error and logs it.
-fn deny(mut done: Completion, err: &GatewayError) -> Response<ProxyBody> {
+/// Renders a gateway error and logs it (the one path for every refusal).
+pub(crate) fn deny(mut done: Completion, err: &GatewayError) -> Response<ProxyBody> {
     let mut resp = error_response(err, done.kind, &done.request_id);
     done.status = resp.status().as_u16();
+    // A refusal by policy or the network guard is a denial in logs and metrics;
+    // an upstream failure keeps the pipeline's decision (it was allowed).
+    if matches!(err.code.fault(), Fault::Policy | Fault::Client) {
+        done.decision = "deny";
+    }
     done.reason = Some(err.code.as_str());
     resp.body_mut().on_complete(done);
     resp
@@ -241,15 +253,25 @@ pub fn authority(t: &Target) -> String {
     s
 }
 
+/// Where an allowed request goes, and what the pipeline said to remove.
+struct Forwarding {
+    target: Target,
+    strip_authorization: bool,
+}
+
 async fn forward(
     gw: &Arc<Gateway>,
     active: &Arc<Active>,
     parts: http::request::Parts,
     body: Incoming,
-    target: Target,
+    dest: Forwarding,
     http1: bool,
     mut done: Completion,
 ) -> Response<ProxyBody> {
+    let Forwarding {
+        target,
+        strip_authorization,
+    } = dest;
     let authority = authority(&target);
     let uri = format!(
         "{}://{}{}",
@@ -264,6 +286,11 @@ async fn forward(
     hop::strip_hop_by_hop(&mut headers);
     for name in active.policy.strip_headers() {
         headers.remove(name);
+    }
+    // The route's caller identified itself with a Tollgate key in
+    // `Authorization`: it must not travel on to the third party.
+    if strip_authorization {
+        headers.remove(http::header::AUTHORIZATION);
     }
     headers.insert(HOST, host_value);
     if let Ok(v) = HeaderValue::from_str(&done.request_id) {
@@ -297,6 +324,10 @@ async fn forward(
         Ok(Err(e)) => {
             if let Some(ce) = connect_error_in(&e) {
                 count_connect_error(gw, ce);
+                if matches!(ce, ConnectError::Resolve(ResolveError::Blocked(_))) {
+                    // Nothing was sent: the guard refused every address.
+                    done.upstream_duration = None;
+                }
             }
             let err = upstream_failure(&e, stats.failed());
             tracing::debug!(request.id = %done.request_id, error = %e, "upstream request failed");
