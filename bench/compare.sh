@@ -114,11 +114,25 @@ if [[ $PIN == 1 ]]; then
     fi
 fi
 
-# Other work on the machine skews the figures; say so rather than hide it.
+# Other work on the machine skews the figures; say so rather than hide it. The load
+# average lags (a previous run still shows in it), so measure CPU use over one second.
 LOAD1=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
-if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
-    loud "1-minute load average is $LOAD1 before the run: other processes are using CPU," \
-        "so the figures below are noisy. Rerun on an idle machine for numbers to quote."
+BUSY_PCT=$(python3 - <<'PY'
+import time
+def snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]  # total, idle + iowait
+try:
+    t0, i0 = snap(); time.sleep(1); t1, i1 = snap()
+    print(round(100 * (1 - (i1 - i0) / max(1, t1 - t0))))
+except OSError:
+    print(0)
+PY
+)
+if (( BUSY_PCT > 15 )); then
+    loud "other processes are using ${BUSY_PCT}% of the CPUs right now (load average $LOAD1):" \
+        "the figures below will be noisy. Rerun on an idle machine for numbers to quote."
 fi
 
 # ------------------------------------------------------- temp dir, ports --
@@ -578,7 +592,7 @@ settings = {
     "duration": "$DURATION", "warmup": "$WARMUP", "connections": int("$CONNECTIONS"),
     "threads": int("$THREADS"), "pinning": "$PIN" == "1", "proxy_cpu": "$PROXY_CPU",
     "loadgen_cpu": "$LOADGEN_CPU", "upstream_cpu": "$UPSTREAM_CPU" or None, "cpus": int("$NCPU"),
-    "load_average_1m_before": float("$LOAD1"),
+    "load_average_1m_before": float("$LOAD1"), "cpu_busy_pct_before": int("$BUSY_PCT"),
     "body_bytes": 100, "stamp": "$STAMP",
 }
 labels = {

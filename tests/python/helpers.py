@@ -8,6 +8,7 @@ broken gateway makes tests fail rather than hang.
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -471,3 +472,17 @@ def base_config(allow: Iterable[str] = ("127.0.0.1/32",), **extra: Any) -> dict:
     cfg: dict[str, Any] = {"network_guard": {"allow": list(allow)}}
     cfg.update(extra)
     return cfg
+
+
+def get_and_close(session: requests.Session, url: str, **kw) -> tuple[int, dict, bytes]:
+    """GET, then drop every reference to the connection so the client really
+    closes it: a CONNECT tunnel is only logged once it ends, and requests keeps
+    the socket alive for as long as the Response object lives."""
+    kw.setdefault("timeout", TIMEOUT)
+    r = session.get(url, **kw)
+    out = (r.status_code, dict(r.headers), r.content)
+    r.close()
+    del r
+    session.close()
+    gc.collect()
+    return out

@@ -63,11 +63,12 @@ def test_health_ready_and_metrics(gateway, upstream):
     for _ in range(3):
         assert gw.get(f"{upstream.base}/m", headers={"x-tollgate-consumer": "checkout"}).status_code == 200
     assert gw.route("GET", "/other/m").status_code == 200
-    gw.get(f"http://10.0.0.1/blocked")
+    gw.get("http://10.0.0.1/blocked")
     gw.wait_access(lambda e: e.get("host") == "10.0.0.1")
     r = gw.admin("GET", "/metrics")
     assert r.status_code == 200
-    assert r.headers["Content-Type"].startswith("text/plain")
+    # Prometheus text or OpenMetrics exposition.
+    assert r.headers["Content-Type"].startswith(("text/plain", "application/openmetrics-text"))
     m = r.text
     assert metric_value(m, "tollgate_requests_total", api="echo", consumer="checkout") == 3, m
     assert metric_value(m, "tollgate_requests_total", api="other", consumer="anonymous") == 1, m

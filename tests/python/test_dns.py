@@ -4,7 +4,7 @@ unknown names are a 502 dns_failure."""
 
 from __future__ import annotations
 
-from helpers import assert_problem, echo_headers
+from helpers import assert_problem, connect_tunnel, echo_headers
 
 RECORDS = {
     "private.tollgate.test": {"A": ["10.0.0.1", "192.168.1.1"]},
@@ -60,7 +60,6 @@ def test_connect_resolves_through_guard(gateway, dns_server, tls_upstream, certs
         "network_guard": {"allow": [f"127.0.0.1:{tls_upstream.port}"]},
         "connect": {"allowed_ports": [tls_upstream.port]},
     })
-    from helpers import connect_tunnel
     sock, resp = connect_tunnel(gw.proxy_addr, f"private.tollgate.test:{tls_upstream.port}")
     sock.close()
     assert_problem(resp, 403, "destination_blocked")

@@ -8,7 +8,7 @@ import subprocess
 
 import requests
 
-from helpers import TIMEOUT, base_config, echo_headers
+from helpers import TIMEOUT, assert_problem, base_config, echo_headers
 from servers import big_body
 
 IDENTITY = {"name": "checkout", "identify": {"header": {"name": "x-tollgate-consumer", "value": "checkout"}}}
@@ -130,16 +130,17 @@ def test_hop_by_hop_headers_stripped_both_ways(gateway, upstream):
 
 
 def curl(*args, timeout=15):
+    """curl with a deadline; stdout stays bytes so CRLFs in `-D -` survive."""
     return subprocess.run(["curl", "-sS", "--max-time", "10", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, timeout=timeout)
 
 
 def test_curl_forward_plain_http(gateway, upstream):
     gw = gateway(base_config())
     p = curl("-x", gw.proxy_url, "-D", "-", f"{upstream.base}/curl/path?q=1")
     assert p.returncode == 0, p.stderr
-    head, _, body = p.stdout.partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.1 200"), head
+    head, _, body = p.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
     seen = json.loads(body)
     assert seen["path"] == "/curl/path?q=1"
     h = {k.lower(): v for k, v in seen["headers"]}
@@ -154,8 +155,8 @@ def test_curl_route(gateway, upstream):
         "name": "echo-api", "route": "/echo-api", "upstream": f"{upstream.base}/base"}]))
     p = curl("--noproxy", "*", "-D", "-", f"{gw.proxy_url}/echo-api/v1/x?y=2")
     assert p.returncode == 0, p.stderr
-    head, _, body = p.stdout.partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.1 200"), head
+    head, _, body = p.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
     seen = json.loads(body)
     assert seen["path"] == "/base/v1/x?y=2"
     h = {k.lower(): v for k, v in seen["headers"]}
@@ -174,5 +175,17 @@ def test_route_with_requests_and_unknown_route(gateway, upstream):
     assert r.status_code == 200
     assert r.json()["path"] == "/base/v1/create"
     assert r.json()["body"] == "hello"
-    from helpers import assert_problem
     assert_problem(gw.route("GET", "/nope/v1"), 404, "route_not_found")
+
+
+def test_curl_route_http2_prior_knowledge(gateway, upstream):
+    gw = gateway(base_config(apis=[{"name": "r", "route": "/r", "upstream": upstream.base}]))
+    p = curl("--noproxy", "*", "--http2-prior-knowledge", "-D", "-", f"{gw.proxy_url}/r/h2?z=1")
+    assert p.returncode == 0, p.stderr
+    head, _, body = p.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200"), head
+    seen = json.loads(body)
+    assert seen["path"] == "/h2?z=1"
+    assert {k.lower(): v for k, v in seen["headers"]}["host"] == f"127.0.0.1:{upstream.port}"
+    e = gw.wait_access(lambda e: e.get("path", "").startswith("/r/h2") or e.get("path", "").startswith("/h2"))
+    assert e["kind"] == "route" and e["status"] == 200

@@ -16,11 +16,15 @@ def head(upstream, method="POST", path="/framing", extra=""):
             f"Host: 127.0.0.1:{upstream.port}\r\n{extra}").encode()
 
 
-def assert_framing_rejected(resp):
+def assert_framing_rejected(resp, strict=True):
+    """400; with strict, Tollgate's own problem body. Without strict, the
+    HTTP parser may have answered before Tollgate saw the request (a bare 400),
+    but a tollgate-error header, if any, must name a framing code."""
     assert resp.status == 400, resp
     code = resp.headers.get("tollgate-error")
-    assert code in FRAMING_CODES, resp
-    assert_problem(resp, 400, code)
+    if strict or code is not None:
+        assert code in FRAMING_CODES, resp
+        assert_problem(resp, 400, code)
 
 
 def test_content_length_with_transfer_encoding(gateway, upstream):
@@ -33,7 +37,20 @@ def test_content_length_with_transfer_encoding(gateway, upstream):
 def test_duplicate_differing_content_length(gateway, upstream):
     gw = gateway(base_config())
     data = head(upstream, extra="Content-Length: 3\r\nContent-Length: 5\r\n\r\n") + b"abcde"
-    assert_framing_rejected(raw_request(gw.proxy_addr, data))
+    # hyper rejects this itself, with a bare 400 (no tollgate-error header).
+    assert_framing_rejected(raw_request(gw.proxy_addr, data), strict=False)
+    assert upstream.requests == []
+
+
+def test_unknown_transfer_coding_rejected(gateway, upstream):
+    # `gzip, chunked`: Transfer-Encoding is hop-by-hop, so a proxy that only
+    # decodes the chunking and drops the header forwards a still-gzipped body
+    # without saying so. RFC 9112 6.1: answer 501 (or refuse the framing, 400).
+    gw = gateway(base_config())
+    body = b"5\r\nhello\r\n0\r\n\r\n"
+    data = head(upstream, extra="Transfer-Encoding: gzip, chunked\r\n\r\n") + body
+    r = raw_request(gw.proxy_addr, data)
+    assert r.status in (400, 501), r
     assert upstream.requests == []
 
 

@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from helpers import TIMEOUT, base_config, raw_request
+from helpers import base_config, raw_request, read_response
 
 
 def test_sigterm_drains_in_flight_request(gateway, upstream):
@@ -18,7 +18,6 @@ def test_sigterm_drains_in_flight_request(gateway, upstream):
     # A keep-alive connection that is idle when the signal arrives.
     idle = socket.create_connection(("127.0.0.1", gw.proxy_port), timeout=5)
     idle.sendall(f"GET {upstream.base}/idle HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n\r\n".encode())
-    from helpers import read_response
     assert read_response(idle).status == 200
 
     result = {}

@@ -27,7 +27,6 @@ pub enum ErrorCode {
     BadRequest,
     AmbiguousFraming,
     HeadersTooLarge,
-    HeaderTimeout,
     ConsumerUnidentified,
     ConsumerNotAllowed,
     DestinationNotAllowed,
@@ -46,11 +45,10 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::BadRequest,
         Self::AmbiguousFraming,
         Self::HeadersTooLarge,
-        Self::HeaderTimeout,
         Self::ConsumerUnidentified,
         Self::ConsumerNotAllowed,
         Self::DestinationNotAllowed,
@@ -74,7 +72,6 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::HeadersTooLarge => "headers_too_large",
-            Self::HeaderTimeout => "header_timeout",
             Self::ConsumerUnidentified => "consumer_unidentified",
             Self::ConsumerNotAllowed => "consumer_not_allowed",
             Self::DestinationNotAllowed => "destination_not_allowed",
@@ -99,7 +96,6 @@ impl ErrorCode {
         match self {
             Self::BadRequest | Self::AmbiguousFraming => 400,
             Self::HeadersTooLarge => 431,
-            Self::HeaderTimeout => 408,
             Self::ConsumerUnidentified => match kind {
                 TrafficKind::Route => 401,
                 TrafficKind::Forward | TrafficKind::Connect => 407,
@@ -127,7 +123,6 @@ impl ErrorCode {
             Self::BadRequest => "Malformed request",
             Self::AmbiguousFraming => "Ambiguous message framing",
             Self::HeadersTooLarge => "Request headers too large",
-            Self::HeaderTimeout => "Request headers not received in time",
             Self::ConsumerUnidentified => "Caller not identified",
             Self::ConsumerNotAllowed => "Consumer may not call this API",
             Self::DestinationNotAllowed => "Destination not allowed",
@@ -151,7 +146,6 @@ impl ErrorCode {
             Self::BadRequest
             | Self::AmbiguousFraming
             | Self::HeadersTooLarge
-            | Self::HeaderTimeout
             | Self::ConsumerUnidentified
             | Self::RouteNotFound => Fault::Client,
             Self::ConsumerNotAllowed

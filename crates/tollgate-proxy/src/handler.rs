@@ -180,6 +180,9 @@ pub async fn handle(
         );
         return Ok(deny(done, &e));
     }
+    if let Err(e) = hop::check_head_limits(&parts, &active.policy.config().server) {
+        return Ok(deny(done, &e));
+    }
     if let Err(e) = hop::check_request_framing(&parts.headers) {
         return Ok(deny(done, &e));
     }

@@ -65,6 +65,39 @@ fn is_chunked_final(values: &[&HeaderValue]) -> bool {
 }
 
 /// Refuses request framing a downstream parser could read differently.
+/// Enforces `server.max_headers` and `server.max_header_bytes` with a proper
+/// `431 headers_too_large`. hyper is configured with twice these limits as a
+/// hard backstop (beyond it, hyper answers a bare 431 itself), so ordinary
+/// oversized requests get a response that says what happened.
+pub fn check_head_limits(
+    parts: &http::request::Parts,
+    cfg: &tollgate_config::Server,
+) -> Result<(), GatewayError> {
+    let headers = &parts.headers;
+    if headers.len() > cfg.max_headers {
+        return Err(GatewayError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("more than {} request headers", cfg.max_headers),
+        ));
+    }
+    // Request line plus `name: value\r\n` for each header.
+    let uri = &parts.uri;
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = parts.method.as_str().len() + uri_len + 12;
+    let size = headers
+        .iter()
+        .fold(line, |acc, (n, v)| acc + n.as_str().len() + v.len() + 4);
+    if u64::try_from(size).unwrap_or(u64::MAX) > cfg.max_header_bytes.get() {
+        return Err(GatewayError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("request head larger than {}", cfg.max_header_bytes),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_request_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     let has_cl = headers.contains_key(header::CONTENT_LENGTH);
@@ -75,15 +108,20 @@ pub fn check_request_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
         if !is_chunked_final(&te) {
             return Err(ambiguous("Transfer-Encoding must end with chunked"));
         }
+        // Only `chunked` is understood. Any other coding (`gzip, chunked`)
+        // would be silently lost when the body is re-framed upstream, and
         // `chunked` applied twice is as ambiguous as a missing one.
-        let chunked_count = te
+        let codings = te
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter(|c| c.trim().eq_ignore_ascii_case("chunked"))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
             .count();
-        if chunked_count > 1 {
-            return Err(ambiguous("chunked applied more than once"));
+        if codings != 1 {
+            return Err(ambiguous(
+                "only the chunked transfer coding is supported, applied once",
+            ));
         }
     }
     if has_cl {
@@ -160,6 +198,11 @@ mod tests {
             &[("content-length", "-1")][..],
             &[("transfer-encoding", "gzip")][..],
             &[("transfer-encoding", "chunked, gzip")][..],
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ][..],
             &[
                 ("transfer-encoding", "chunked"),
                 ("transfer-encoding", "chunked"),
@@ -168,5 +211,43 @@ mod tests {
             let err = check_request_framing(&map(bad)).unwrap_err();
             assert_eq!(err.code, ErrorCode::AmbiguousFraming, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn head_limits_answer_431_with_a_code() {
+        let cfg = tollgate_config::Server {
+            max_headers: 3,
+            ..Default::default()
+        };
+        let mut req = http::Request::get("http://example.com/x").body(()).unwrap();
+        for i in 0..3 {
+            req.headers_mut().insert(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        let (parts, ()) = req.into_parts();
+        assert!(check_head_limits(&parts, &cfg).is_ok());
+        let mut parts = parts;
+        parts.headers.insert("x-h9", HeaderValue::from_static("v"));
+        let err = check_head_limits(&parts, &cfg).unwrap_err();
+        assert_eq!(err.code, ErrorCode::HeadersTooLarge);
+
+        let small = tollgate_config::Server {
+            max_header_bytes: tollgate_config::ByteSize(64),
+            ..Default::default()
+        };
+        let (mut parts, ()) = http::Request::get("http://example.com/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(check_head_limits(&parts, &small).is_ok());
+        parts
+            .headers
+            .insert("x-big", HeaderValue::from_str(&"a".repeat(64)).unwrap());
+        assert_eq!(
+            check_head_limits(&parts, &small).unwrap_err().code,
+            ErrorCode::HeadersTooLarge
+        );
     }
 }

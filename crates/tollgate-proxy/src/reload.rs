@@ -196,55 +196,62 @@ pub fn spawn_sighup(reloader: Arc<Reloader>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How often the configuration file's metadata is checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Watches the configuration file (or directory) and reloads when its content
-/// changes. Editors often replace a file rather than write it, so the parent
-/// directory is watched and events are debounced. Returns the watcher, which
-/// must be kept alive.
-pub fn spawn_file_watcher(
-    reloader: Arc<Reloader>,
-) -> Result<Option<notify::RecommendedWatcher>, notify::Error> {
-    use notify::{RecursiveMode, Watcher};
+/// changes. It polls metadata every [`WATCH_INTERVAL`] rather than using
+/// inotify: polling sees every way a file can change (in-place writes, editor
+/// renames, Kubernetes ConfigMap symlink swaps) and costs nothing per request,
+/// whereas a directory watch would wake on every write to any neighbouring
+/// file, such as an access log kept beside the configuration. The content is
+/// hashed only when the metadata changed, and a reload happens only when the
+/// content did. Returns the task's handle.
+pub fn spawn_file_watcher(reloader: Arc<Reloader>) -> Option<tokio::task::JoinHandle<()>> {
     let ConfigSource::Path(path) = reloader.source().clone() else {
-        return Ok(None);
+        return None;
     };
-    let watch_dir = if path.is_dir() {
-        path.clone()
-    } else {
-        path.parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."))
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let target = path.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let relevant = target.is_dir()
-                || event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == target.file_name());
-            if relevant && !event.kind.is_access() {
-                let _ = tx.try_send(());
-            }
-        }
-    })?;
-    watcher.watch(&watch_dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        let mut last = fingerprint(&path);
-        while rx.recv().await.is_some() {
-            // Debounce: editors write in several steps.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            let now = fingerprint(&path);
-            if now == last {
+    Some(tokio::spawn(async move {
+        let mut stamp = metadata_stamp(&path);
+        let mut content = fingerprint(&path);
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = metadata_stamp(&path);
+            if now == stamp {
                 continue;
             }
-            last = now;
+            stamp = now;
+            let hashed = fingerprint(&path);
+            if hashed == content {
+                continue;
+            }
+            content = hashed;
             let _ = reloader.reload("file_change").await;
         }
-    });
-    Ok(Some(watcher))
+    }))
+}
+
+/// Modification time, length and identity of the file (or of each entry of a
+/// directory), following symlinks.
+fn metadata_stamp(path: &Path) -> Option<Vec<(PathBuf, SystemTime, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((p.to_path_buf(), m.modified().ok()?, m.len(), m.ino()))
+    };
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        entries.iter().map(|p| one(p)).collect()
+    } else {
+        Some(vec![one(path)?])
+    }
 }
 
 /// A cheap content fingerprint so touching a file without changing it does not

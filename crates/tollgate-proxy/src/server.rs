@@ -2,12 +2,12 @@
 //! HTTP/1.1 and HTTP/2 (prior knowledge) on the same port with upgrades
 //! enabled for CONNECT.
 //!
-//! Limits and what the client sees (hyper answers the first three itself,
-//! before Tollgate sees a request, so those responses carry no
-//! `tollgate-error` header and no access-log line):
-//! - request head larger than `server.max_header_bytes` (min 8 KiB, hyper's
-//!   smallest buffer) → `431`, connection closed;
-//! - more than `server.max_headers` headers → `431`, connection closed;
+//! Limits and what the client sees:
+//! - request head larger than `server.max_header_bytes`, or more than
+//!   `server.max_headers` headers → `431 headers_too_large` from the handler;
+//!   hyper is given twice these limits as a hard backstop, and beyond that it
+//!   answers a bare `431` itself (no `tollgate-error`, no access-log line),
+//!   as it does for a request line it cannot parse (bare `400`);
 //! - head not complete within `server.header_read_timeout` → the connection
 //!   is closed without a response (hyper has no 408);
 //! - `server.max_connections` concurrent connections: further connections
@@ -35,7 +35,9 @@ use crate::state::Gateway;
 const MIN_BUF: usize = 8 * 1024;
 
 fn builder(cfg: &tollgate_config::Server) -> auto::Builder<TokioExecutor> {
-    let max_head = usize::try_from(cfg.max_header_bytes.get())
+    // Twice the configured limits: the handler enforces the configured ones
+    // with a proper `431 headers_too_large`; hyper's bare 431 is the backstop.
+    let max_head = usize::try_from(cfg.max_header_bytes.get().saturating_mul(2))
         .unwrap_or(usize::MAX)
         .max(MIN_BUF);
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -43,7 +45,7 @@ fn builder(cfg: &tollgate_config::Server) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout.get())
         .max_buf_size(max_head)
-        .max_headers(cfg.max_headers)
+        .max_headers(cfg.max_headers.saturating_mul(2))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -32,6 +32,36 @@ pub enum BuildError {
     AdminToken(tollgate_config::SecretError),
 }
 
+impl BuildError {
+    /// The configuration key the failure belongs to, for locating it in the file.
+    pub fn key_path(&self) -> &'static str {
+        match self {
+            Self::Guard(_) => "network_guard",
+            Self::Dns(_) => "dns",
+            Self::Tls(_) => "upstream.ca_file",
+            Self::AdminToken(_) => "admin.token",
+        }
+    }
+}
+
+/// When a listener is bound to `0.0.0.0` or `::`, it is reachable on every
+/// address of this host; the guard must know them all to refuse connecting
+/// back to itself. Empty when no listener is a wildcard (or interfaces cannot
+/// be listed, in which case loopback and the unspecified address are still
+/// covered by the guard itself).
+fn wildcard_local_addrs(own_listeners: &[SocketAddr]) -> Vec<std::net::IpAddr> {
+    if !own_listeners.iter().any(|a| a.ip().is_unspecified()) {
+        return Vec::new();
+    }
+    match if_addrs::get_if_addrs() {
+        Ok(ifaces) => ifaces.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list local addresses for the network guard");
+            Vec::new()
+        }
+    }
+}
+
 /// Everything that derives from one configuration.
 pub struct Active {
     pub policy: Policy,
@@ -64,7 +94,8 @@ impl Active {
             Some(p) => p.upstream.clone(),
             None => {
                 let guard = NetworkGuard::new(&cfg.network_guard, own_listeners)
-                    .map_err(BuildError::Guard)?;
+                    .map_err(BuildError::Guard)?
+                    .with_local_addrs(wildcard_local_addrs(own_listeners));
                 let resolver =
                     Resolver::new(&cfg.dns).map_err(|e| BuildError::Dns(e.to_string()))?;
                 let tls = tls::client_config(&cfg.upstream)?;

@@ -185,7 +185,7 @@ fn parse_request(s: &str) -> Result<Parsed, String> {
     }
 }
 
-fn outcome_line(eval: &Evaluation) -> String {
+fn outcome_line(eval: &Evaluation, kind: TrafficKind) -> String {
     match &eval.outcome {
         Outcome::Allow if eval.reported.is_empty() => "ALLOW".to_owned(),
         Outcome::Allow => format!(
@@ -198,7 +198,7 @@ fn outcome_line(eval: &Evaluation) -> String {
         ),
         Outcome::Deny(e) => format!(
             "DENY {} {} — {}",
-            e.code.status(TrafficKind::Forward),
+            e.code.status(kind),
             e.code.as_str(),
             e.detail
         ),
@@ -239,7 +239,7 @@ fn render(eval: &Evaluation, req: &Parsed) -> String {
             step.reason
         );
     }
-    let _ = writeln!(out, "outcome:  {}", outcome_line(eval));
+    let _ = writeln!(out, "outcome:  {}", outcome_line(eval, req.kind));
     out
 }
 

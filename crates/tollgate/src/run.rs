@@ -81,13 +81,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let reloader = Reloader::new(source.clone(), Arc::clone(&gateway), own.clone(), 1);
     tollgate_proxy::reload::spawn_sighup(Arc::clone(&reloader))
         .context("cannot install the SIGHUP handler")?;
-    let _watcher = match tollgate_proxy::reload::spawn_file_watcher(Arc::clone(&reloader)) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "config file watching unavailable; reload with SIGHUP or POST /admin/reload");
-            None
-        }
-    };
+    let _watcher = tollgate_proxy::reload::spawn_file_watcher(Arc::clone(&reloader));
 
     tracing::info!(
         listen.proxy = %own[0],
