@@ -241,17 +241,21 @@ fn metadata_stamp(path: &Path) -> Option<Vec<(PathBuf, SystemTime, u64, u64)>> {
         let m = std::fs::metadata(p).ok()?;
         Some((p.to_path_buf(), m.modified().ok()?, m.len(), m.ino()))
     };
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        entries.iter().map(|p| one(p)).collect()
-    } else {
-        Some(vec![one(path)?])
+    files(path)?.iter().map(|p| one(p)).collect()
+}
+
+/// The file itself, or a directory's entries in name order.
+fn files(path: &Path) -> Option<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Some(vec![path.to_path_buf()]);
     }
+    let mut entries: Vec<_> = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    Some(entries)
 }
 
 /// A cheap content fingerprint so touching a file without changing it does not
@@ -259,19 +263,9 @@ fn metadata_stamp(path: &Path) -> Option<Vec<(PathBuf, SystemTime, u64, u64)>> {
 fn fingerprint(path: &Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            p.hash(&mut h);
-            std::fs::read(&p).ok()?.hash(&mut h);
-        }
-    } else {
-        std::fs::read(path).ok()?.hash(&mut h);
+    for p in files(path)? {
+        p.hash(&mut h);
+        std::fs::read(&p).ok()?.hash(&mut h);
     }
     Some(h.finish())
 }

@@ -105,14 +105,7 @@ pub async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>) {
         ));
     }
     drop(listener);
-    let grace = gateway
-        .active
-        .load()
-        .policy
-        .config()
-        .server
-        .shutdown_grace
-        .get();
+    let grace = gateway.shutdown_grace();
     let tracker = gateway.shutdown.tracker().clone();
     if tokio::time::timeout(grace, tracker.wait_idle())
         .await
@@ -155,14 +148,7 @@ async fn serve_connection(
     }
     // Draining: new requests on this connection are answered 503 for a short
     // window, then the connection is shut down gracefully.
-    let grace = gateway
-        .active
-        .load()
-        .policy
-        .config()
-        .server
-        .shutdown_grace
-        .get();
+    let grace = gateway.shutdown_grace();
     tokio::select! {
         _ = conn.as_mut() => return,
         _ = tokio::time::sleep(DRAIN_WINDOW.min(grace)) => {}

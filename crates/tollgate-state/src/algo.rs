@@ -1,0 +1,325 @@
+//! Pure, clock-injected limit algorithms.
+//!
+//! Every function takes the current time as milliseconds since the Unix epoch and never reads a
+//! clock itself, so tests pin exact instants and the Redis script (which mirrors this module in
+//! Lua, using Redis' own clock) can be checked against the same rules.
+//!
+//! Evaluation is two-phase: [`evaluate`] returns the [`Decision`] and the state that *would* be
+//! stored. The caller commits the new state only when every limit of a request allows it, which
+//! gives all-or-nothing semantics across limits and "peek" (never commit) for free. A denied
+//! request's returned state equals the input state, so a denial consumes nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Decision, LimitSpec, Window};
+
+const SECOND_MS: u64 = 1_000;
+const MINUTE_MS: u64 = 60 * SECOND_MS;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// Stored counter state of one key. Small and `Copy` so staging it is cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CounterState {
+    /// Fixed window: units used in the window starting at `start_ms`.
+    Fixed { start_ms: u64, count: u64 },
+    /// Sliding window: units in the current sub-window (starting at `start_ms`) and the previous.
+    Sliding { start_ms: u64, cur: u64, prev: u64 },
+    /// GCRA: theoretical arrival time, in microseconds since the epoch.
+    Gcra { tat_us: u64 },
+}
+
+/// Result of evaluating one limit: the decision, the state to store if the request goes ahead,
+/// and the instant after which that state is indistinguishable from "no state" (for expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation {
+    pub decision: Decision,
+    pub new_state: CounterState,
+    pub expires_at_ms: u64,
+}
+
+/// Evaluates `spec` for a request of `cost` units at `now_ms`, given the stored state (if any).
+/// State of a different kind (the spec changed) is treated as absent.
+pub fn evaluate(
+    spec: &LimitSpec,
+    state: Option<CounterState>,
+    now_ms: u64,
+    cost: u64,
+) -> Evaluation {
+    match *spec {
+        LimitSpec::FixedWindow { limit, window } => {
+            let (start, end) = window_bounds(window, now_ms);
+            let count = match state {
+                Some(CounterState::Fixed { start_ms, count }) if start_ms == start => count,
+                _ => 0,
+            };
+            fixed(limit, start, end, count, now_ms, cost)
+        }
+        LimitSpec::Sliding { limit, window_ms } => {
+            let (start_ms, cur, prev) = match state {
+                Some(CounterState::Sliding { start_ms, cur, prev }) => (start_ms, cur, prev),
+                _ => (0, 0, 0),
+            };
+            sliding(limit, window_ms.max(1), start_ms, cur, prev, now_ms, cost)
+        }
+        LimitSpec::Gcra {
+            rate_per_sec,
+            burst,
+        } => {
+            let tat = match state {
+                Some(CounterState::Gcra { tat_us }) => tat_us,
+                _ => 0,
+            };
+            gcra(emission_interval_us(rate_per_sec), burst, tat, now_ms, cost)
+        }
+    }
+}
+
+/// Microseconds between two units at `rate_per_sec` (at least 1 µs; a rate of zero or below
+/// means one unit per `u64::MAX` µs, i.e. only the burst is ever available).
+pub fn emission_interval_us(rate_per_sec: f64) -> u64 {
+    if rate_per_sec.is_finite() && rate_per_sec > 0.0 {
+        // Saturating float→int cast is the intent: absurd rates clamp to the u64 range.
+        ((1_000_000.0 / rate_per_sec).round() as u64).max(1)
+    } else {
+        u64::MAX / 4
+    }
+}
+
+fn fixed(limit: u64, start: u64, end: u64, count: u64, now_ms: u64, cost: u64) -> Evaluation {
+    let reset_after_ms = end.saturating_sub(now_ms);
+    let allowed = count.saturating_add(cost) <= limit;
+    let used = if allowed { count + cost } else { count };
+    Evaluation {
+        decision: Decision {
+            allowed,
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_after_ms,
+            // A denied request can only fit once the window rolls over (or never, if cost >
+            // limit; the reset is still the earliest moment worth retrying).
+            retry_after_ms: if allowed { 0 } else { reset_after_ms },
+        },
+        new_state: CounterState::Fixed {
+            start_ms: start,
+            count: used,
+        },
+        expires_at_ms: end,
+    }
+}
+
+/// Ceil of `prev * (w - elapsed) / w`: the previous sub-window's weight, rounded up so the
+/// approximation never admits more than the exact proportion would.
+fn weighted_prev(prev: u64, w: u64, elapsed: u64) -> u64 {
+    let num = u128::from(prev) * u128::from(w - elapsed);
+    let w = u128::from(w);
+    u64::try_from(num.div_ceil(w)).unwrap_or(u64::MAX)
+}
+
+fn sliding(
+    limit: u64,
+    w: u64,
+    start_ms: u64,
+    cur: u64,
+    prev: u64,
+    now_ms: u64,
+    cost: u64,
+) -> Evaluation {
+    let cur_start = now_ms - now_ms % w;
+    // Roll the stored sub-windows forward to the one containing `now`.
+    let (cur, prev) = if start_ms == cur_start {
+        (cur, prev)
+    } else if start_ms + w == cur_start {
+        (0, cur)
+    } else {
+        (0, 0)
+    };
+    let elapsed = now_ms - cur_start;
+    let estimate = weighted_prev(prev, w, elapsed).saturating_add(cur);
+    let allowed = estimate.saturating_add(cost) <= limit;
+    let (new_cur, used) = if allowed {
+        (cur + cost, estimate + cost)
+    } else {
+        (cur, estimate)
+    };
+    let to_next = w - elapsed;
+    // Everything recorded is forgotten once the current sub-window has also slid out.
+    let reset_after_ms = if new_cur > 0 {
+        to_next + w
+    } else if prev > 0 {
+        to_next
+    } else {
+        0
+    };
+    let retry_after_ms = if allowed {
+        0
+    } else {
+        sliding_retry(limit, w, cur, prev, elapsed, cost).unwrap_or(reset_after_ms)
+    };
+    Evaluation {
+        decision: Decision {
+            allowed,
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_after_ms,
+            retry_after_ms,
+        },
+        new_state: CounterState::Sliding {
+            start_ms: cur_start,
+            cur: new_cur,
+            prev,
+        },
+        expires_at_ms: cur_start + 2 * w,
+    }
+}
+
+/// Earliest wait after which `cost` more units fit, assuming no other traffic; `None` if never.
+fn sliding_retry(limit: u64, w: u64, cur: u64, prev: u64, elapsed: u64, cost: u64) -> Option<u64> {
+    if cost > limit {
+        return None;
+    }
+    let to_next = w - elapsed;
+    if cur + cost <= limit && prev > 0 {
+        // Within this sub-window: need ceil(prev * (w - e') / w) <= k, i.e. prev*(w-e') <= k*w.
+        let k = u128::from(limit - cur - cost);
+        let max_left = (k * u128::from(w) / u128::from(prev)).min(u128::from(w));
+        let max_left = u64::try_from(max_left).unwrap_or(w);
+        return Some(to_next.saturating_sub(max_left).max(1));
+    }
+    // In the next sub-window `cur` becomes the previous one and must decay enough.
+    if cur == 0 {
+        return Some(to_next);
+    }
+    let k = u128::from(limit - cost);
+    let max_left = (k * u128::from(w) / u128::from(cur)).min(u128::from(w));
+    let max_left = u64::try_from(max_left).unwrap_or(w);
+    Some(to_next + (w - max_left))
+}
+
+fn gcra(t_us: u64, burst: u64, tat_us: u64, now_ms: u64, cost: u64) -> Evaluation {
+    let now_us = now_ms.saturating_mul(1_000);
+    let tau = t_us.saturating_mul(burst);
+    let base = tat_us.max(now_us);
+    let new_tat = base.saturating_add(t_us.saturating_mul(cost));
+    let allow_at = new_tat.saturating_sub(tau);
+    let allowed = allow_at <= now_us && cost <= burst;
+    let stored = if allowed { new_tat } else { tat_us.max(now_us) };
+    // Units available now = how many emission intervals the bucket is below full.
+    let remaining = (now_us.saturating_add(tau).saturating_sub(stored)) / t_us.max(1);
+    let ceil_ms = |us: u64| us.div_ceil(1_000);
+    Evaluation {
+        decision: Decision {
+            allowed,
+            limit: burst,
+            remaining,
+            reset_after_ms: ceil_ms(stored.saturating_sub(now_us)),
+            retry_after_ms: if allowed {
+                0
+            } else {
+                ceil_ms(allow_at.saturating_sub(now_us)).max(1)
+            },
+        },
+        new_state: CounterState::Gcra { tat_us: stored },
+        expires_at_ms: ceil_ms(stored),
+    }
+}
+
+/// `[start, end)` of the fixed window containing `now_ms`, in epoch milliseconds.
+pub fn window_bounds(window: Window, now_ms: u64) -> (u64, u64) {
+    let aligned = |len: u64| {
+        let start = now_ms - now_ms % len;
+        (start, start + len)
+    };
+    match window {
+        Window::Second => aligned(SECOND_MS),
+        Window::Minute => aligned(MINUTE_MS),
+        Window::Hour => aligned(HOUR_MS),
+        Window::Day => aligned(DAY_MS),
+        Window::Month {
+            utc_offset_minutes,
+            renewal_day,
+        } => month_bounds(now_ms, utc_offset_minutes, renewal_day),
+    }
+}
+
+/// Length in ms of the fixed window containing `now_ms` (used to decide persistence).
+pub fn is_long_window(spec: &LimitSpec) -> bool {
+    match *spec {
+        LimitSpec::FixedWindow { window, .. } => {
+            !matches!(window, Window::Second | Window::Minute)
+        }
+        LimitSpec::Sliding { window_ms, .. } => window_ms >= HOUR_MS,
+        LimitSpec::Gcra {
+            rate_per_sec,
+            burst,
+        } => emission_interval_us(rate_per_sec).saturating_mul(burst) >= HOUR_MS * 1_000,
+    }
+}
+
+fn month_bounds(now_ms: u64, utc_offset_minutes: i32, renewal_day: u8) -> (u64, u64) {
+    let offset_ms = i64::from(utc_offset_minutes) * 60_000;
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let local_day = (now + offset_ms).div_euclid(DAY_MS as i64);
+    let (y, m, _) = civil_from_days(local_day);
+    let rd = renewal_day.clamp(1, 31);
+    let this = renewal_in(y, m, rd);
+    let (start, end) = if local_day >= this {
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        (this, renewal_in(ny, nm, rd))
+    } else {
+        let (py, pm) = if m == 1 { (y - 1, 12) } else { (y, m - 1) };
+        (renewal_in(py, pm, rd), this)
+    };
+    let to_utc = |day: i64| u64::try_from(day * DAY_MS as i64 - offset_ms).unwrap_or(0);
+    (to_utc(start), to_utc(end))
+}
+
+/// Day number of the renewal in month `m` of year `y`: `renewal_day`, or the month's last day
+/// when the month is shorter (renewal day 31 in April renews on the 30th).
+fn renewal_in(y: i64, m: u32, renewal_day: u8) -> i64 {
+    days_from_civil(y, m, u32::from(renewal_day).min(days_in_month(y, m)))
+}
+
+pub fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+pub fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date. Counts in 400-year eras (146 097 days),
+/// with years starting in March so the leap day is the last day of the counted year.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12); // March = 0 … February = 11
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Inverse of [`days_from_civil`]: `(year, month 1..=12, day 1..=31)`.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+#[path = "algo_tests.rs"]
+mod tests;

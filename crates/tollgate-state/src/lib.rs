@@ -1,0 +1,133 @@
+//! Counter engine for Tollgate's rate limits and quotas: in-process ([`LocalStore`]) or shared
+//! through Redis ([`RedisStore`]), behind one [`Store`] enum.
+//!
+//! # Semantics
+//!
+//! A request carries one [`LimitRequest`] per applicable limit. [`Store::check_all`] decides
+//! them together: the request is admitted only if **every** limit admits it, and then each
+//! limit is charged its `cost`; if **any** limit denies, **nothing** is charged anywhere (a
+//! denied request consumes no quota). Decisions come back in request order.
+//!
+//! What counts: `cost` units per request (1 for "one request"; callers may pass bytes or
+//! tokens). A `cost` of 0 is a peek: always allowed, charges nothing. A `cost` larger than the
+//! limit (or burst) is always denied.
+//!
+//! Windows:
+//! - [`Window::Second`], [`Window::Minute`], [`Window::Hour`], [`Window::Day`]: fixed windows
+//!   aligned to the UTC clock, i.e. to multiples of their length since the Unix epoch (a minute
+//!   window starts at `hh:mm:00.000`, a day window at 00:00 UTC).
+//! - [`Window::Month`]: a calendar month in a **fixed** UTC offset (e.g. `+120` minutes for
+//!   +02:00; no time-zone database, so daylight-saving changes are not followed) that starts at
+//!   00:00 local time on `renewal_day`. In months shorter than `renewal_day` the period starts on
+//!   that month's last day (renewal day 31 → April 30, February 28 or 29). `renewal_day` is
+//!   clamped to 1..=31.
+//! - [`LimitSpec::Sliding`]: two-window approximation. Time is cut into sub-windows of
+//!   `window_ms` aligned to the epoch; the estimate at time `t` is
+//!   `ceil(prev × (window_ms − elapsed) / window_ms) + cur`, where `elapsed` is the time since
+//!   the current sub-window began. Rounding up means the estimate never under-counts the
+//!   proportion, so it never admits more than the exact weighted share would.
+//! - [`LimitSpec::Gcra`]: generic cell rate algorithm (a token bucket without a refill task).
+//!   Capacity `burst` units, refilled at `rate_per_sec` units per second (one unit every
+//!   `round(1e6 / rate_per_sec)` µs). A full bucket admits `burst` units at once, then the
+//!   steady rate.
+//!
+//! [`Decision`] fields: `limit` is the window's limit (the burst for GCRA); `remaining` is what is
+//! left after this request (or now, if denied); `reset_after_ms` is when the counter returns to
+//! its full limit (window end for fixed windows; when all recorded use has slid out for the
+//! sliding window; when the bucket is full again for GCRA); `retry_after_ms` is 0 when allowed,
+//! else the earliest wait after which this same request could fit if nothing else is charged.
+//!
+//! Time: [`LocalStore`] uses the process clock (or an injected instant via
+//! [`LocalStore::check_all_at`]); [`RedisStore`] uses Redis' own clock (`TIME`) inside the
+//! script, so gateways with skewed clocks agree on window edges.
+
+pub mod algo;
+pub mod local;
+pub mod redis;
+
+pub use local::LocalStore;
+pub use redis::{RedisConfig, RedisStore};
+
+/// Calendar/clock alignment of a fixed window. See the crate docs for exact boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Month {
+        utc_offset_minutes: i32,
+        renewal_day: u8,
+    },
+}
+
+/// One limit's algorithm and parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LimitSpec {
+    FixedWindow { limit: u64, window: Window },
+    Sliding { limit: u64, window_ms: u64 },
+    Gcra { rate_per_sec: f64, burst: u64 },
+}
+
+/// One limit to check for a request: the counter key, its spec and the units to charge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitRequest {
+    /// Counter key. For [`RedisStore`] the part before the first `:` names the group (normally
+    /// the API) that becomes the Redis Cluster hash tag; all keys of one call must share it.
+    pub key: String,
+    pub spec: LimitSpec,
+    pub cost: u64,
+}
+
+/// Outcome of one limit for one request. See the crate docs for each field's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_after_ms: u64,
+    pub retry_after_ms: u64,
+}
+
+/// Why a store could not decide. Local stores only fail on persistence.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The shared store did not answer in time or the connection failed. Safe to retry; callers
+    /// apply the limit's `on_store_failure` (fail open locally or closed with 503).
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with something unexpected (script error, wrong reply shape).
+    #[error("state store protocol error: {0}")]
+    Protocol(String),
+    /// The request itself cannot be evaluated (e.g. keys of one call in different groups).
+    #[error("invalid limit request: {0}")]
+    Invalid(String),
+    /// Reading or writing the persisted local counters failed.
+    #[error("state persistence failed: {0}")]
+    Persist(String),
+}
+
+/// The configured counter store. An enum rather than a trait object: two known backends.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Local(LocalStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// Decides all limits of one request atomically (all-or-nothing), charging on success.
+    pub async fn check_all(&self, reqs: &[LimitRequest]) -> Result<Vec<Decision>, StoreError> {
+        match self {
+            Store::Local(s) => Ok(s.check_all(reqs)),
+            Store::Redis(s) => s.check_all(reqs).await,
+        }
+    }
+
+    /// Like [`Store::check_all`] but charges nothing (for reporting remaining quota).
+    pub async fn peek_all(&self, reqs: &[LimitRequest]) -> Result<Vec<Decision>, StoreError> {
+        match self {
+            Store::Local(s) => Ok(s.peek_all(reqs)),
+            Store::Redis(s) => s.peek_all(reqs).await,
+        }
+    }
+}
