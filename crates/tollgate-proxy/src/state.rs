@@ -139,7 +139,13 @@ pub struct Gateway {
 impl Gateway {
     /// How long in-flight requests and tunnels may run on after shutdown begins.
     pub fn shutdown_grace(&self) -> std::time::Duration {
-        self.active.load().policy.config().server.shutdown_grace.get()
+        self.active
+            .load()
+            .policy
+            .config()
+            .server
+            .shutdown_grace
+            .get()
     }
 
     /// Builds the gateway for an already compiled policy. `own_listeners` are

@@ -58,7 +58,11 @@ pub fn evaluate(
         }
         LimitSpec::Sliding { limit, window_ms } => {
             let (start_ms, cur, prev) = match state {
-                Some(CounterState::Sliding { start_ms, cur, prev }) => (start_ms, cur, prev),
+                Some(CounterState::Sliding {
+                    start_ms,
+                    cur,
+                    prev,
+                }) => (start_ms, cur, prev),
                 _ => (0, 0, 0),
             };
             sliding(limit, window_ms.max(1), start_ms, cur, prev, now_ms, cost)
@@ -243,12 +247,10 @@ pub fn window_bounds(window: Window, now_ms: u64) -> (u64, u64) {
     }
 }
 
-/// Length in ms of the fixed window containing `now_ms` (used to decide persistence).
+/// Whether a limit's state spans an hour or more, so [`crate::LocalStore::save`] persists it.
 pub fn is_long_window(spec: &LimitSpec) -> bool {
     match *spec {
-        LimitSpec::FixedWindow { window, .. } => {
-            !matches!(window, Window::Second | Window::Minute)
-        }
+        LimitSpec::FixedWindow { window, .. } => !matches!(window, Window::Second | Window::Minute),
         LimitSpec::Sliding { window_ms, .. } => window_ms >= HOUR_MS,
         LimitSpec::Gcra {
             rate_per_sec,

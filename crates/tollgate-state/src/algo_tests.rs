@@ -12,11 +12,6 @@ fn hit(spec: &LimitSpec, state: &mut Option<CounterState>, now: u64, cost: u64) 
     let ev = evaluate(spec, *state, now, cost);
     if ev.decision.allowed {
         *state = Some(ev.new_state);
-    } else {
-        assert_eq!(
-            Some(ev.new_state).filter(|_| state.is_some()),
-            state.map(|_| ev.new_state),
-        );
     }
     ev.decision
 }
@@ -53,7 +48,10 @@ fn fixed_window_edges_and_cost() {
     let t0 = utc(2025, 6, 1, 12, 0);
     let d = hit(&spec, &mut st, t0 + 59_000, 3);
     assert!(d.allowed);
-    assert_eq!((d.remaining, d.reset_after_ms, d.retry_after_ms), (2, 1_000, 0));
+    assert_eq!(
+        (d.remaining, d.reset_after_ms, d.retry_after_ms),
+        (2, 1_000, 0)
+    );
     // cost 3 no longer fits; denial charges nothing so cost 2 still does.
     let d = hit(&spec, &mut st, t0 + 59_500, 3);
     assert!(!d.allowed);
@@ -100,7 +98,10 @@ fn month_renewal_day_31_in_short_months() {
         (utc(2025, 3, 31, 0, 0), utc(2025, 4, 30, 0, 0))
     );
     // The renewal instant itself belongs to the new period.
-    assert_eq!(window_bounds(w, utc(2025, 4, 30, 0, 0)).0, utc(2025, 4, 30, 0, 0));
+    assert_eq!(
+        window_bounds(w, utc(2025, 4, 30, 0, 0)).0,
+        utc(2025, 4, 30, 0, 0)
+    );
 }
 
 #[test]
@@ -114,8 +115,14 @@ fn month_february_leap_years() {
         window_bounds(w, utc(2023, 2, 15, 0, 0)),
         (utc(2023, 1, 30, 0, 0), utc(2023, 2, 28, 0, 0))
     );
-    assert_eq!(window_bounds(w, utc(2100, 3, 1, 0, 0)).0, utc(2100, 2, 28, 0, 0));
-    assert_eq!(window_bounds(w, utc(2000, 3, 1, 0, 0)).0, utc(2000, 2, 29, 0, 0));
+    assert_eq!(
+        window_bounds(w, utc(2100, 3, 1, 0, 0)).0,
+        utc(2100, 2, 28, 0, 0)
+    );
+    assert_eq!(
+        window_bounds(w, utc(2000, 3, 1, 0, 0)).0,
+        utc(2000, 2, 29, 0, 0)
+    );
     // Renewal day 1 is the plain calendar month, across a year end.
     assert_eq!(
         window_bounds(month(0, 1), utc(2024, 12, 31, 23, 59)),

@@ -36,6 +36,14 @@
 //! its full limit (window end for fixed windows; when all recorded use has slid out for the
 //! sliding window; when the bucket is full again for GCRA); `retry_after_ms` is 0 when allowed,
 //! else the earliest wait after which this same request could fit if nothing else is charged.
+//! When several limits are checked and one denies, the others are reported as they stand (no
+//! charge, `allowed: false`, `retry_after_ms: 0`); the denying limit carries the retry time.
+//! A key whose state is of another kind (its spec changed from, say, a fixed window to GCRA)
+//! starts afresh.
+//!
+//! Precision: the Redis script does the same arithmetic in Lua doubles, exact for integers up
+//! to 2^53 (limits and costs beyond that are not supported). GCRA keeps microseconds; locally
+//! the injected clock has millisecond resolution, in Redis `TIME` gives microseconds.
 //!
 //! Time: [`LocalStore`] uses the process clock (or an injected instant via
 //! [`LocalStore::check_all_at`]); [`RedisStore`] uses Redis' own clock (`TIME`) inside the

@@ -70,7 +70,9 @@ impl LocalStore {
     }
 
     pub fn with_shards(n: usize) -> Self {
-        let shards = (0..n.max(1)).map(|_| Mutex::new(Shard::default())).collect();
+        let shards = (0..n.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
         Self {
             shards: Arc::new(shards),
         }
@@ -110,10 +112,8 @@ impl LocalStore {
         let mut order = idx.clone();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
-            .iter()
-            .map(|&i| (i, lock(&self.shards[i])))
-            .collect();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+            order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
         let slot = |i: usize| order.binary_search(&i).unwrap_or(0);
         for s in idx.iter_mut() {
             *s = slot(*s);

@@ -72,8 +72,7 @@ impl fmt::Debug for RedisStore {
 }
 
 fn map_err(e: redis::RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
-    {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Protocol(e.to_string())
@@ -168,9 +167,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!("no answer within {:?}", self.timeout))
-            })?
+            .map_err(|_| StoreError::Unavailable(format!("no answer within {:?}", self.timeout)))?
             .map_err(map_err)?;
         if reply.len() != reqs.len() * 5 {
             return Err(StoreError::Protocol(format!(
@@ -192,7 +189,3 @@ impl RedisStore {
             .collect())
     }
 }
-
-#[cfg(test)]
-#[path = "redis_tests.rs"]
-mod tests;

@@ -105,8 +105,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     tracing::info!(
-        shutdown.grace_s = gateway.shutdown_grace()
-            .as_secs(),
+        shutdown.grace_s = gateway.shutdown_grace().as_secs(),
         "shutting down: draining in-flight requests and tunnels"
     );
     gateway.shutdown.trigger();
