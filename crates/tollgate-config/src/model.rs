@@ -383,6 +383,113 @@ pub struct Api {
     /// CONNECT handling for this API's hosts.
     #[serde(default)]
     pub tls: TlsMode,
+    /// Rate limits kept in this process; a request must pass all of them (429 otherwise).
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+}
+
+/// One rate limit of an API: `requests` per `per`, counted per `by` key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Unique within the API; appears in `RateLimit` headers, errors and metrics.
+    pub name: String,
+    /// Requests allowed per `per` (at least 1).
+    pub requests: u64,
+    /// The window (`fixed`: exactly 1s, 1m, 1h or 1d) or, for `gcra`, the period `requests` refill over.
+    pub per: Duration,
+    /// `fixed` (default), `sliding` or `gcra`.
+    #[serde(default)]
+    pub algorithm: LimitAlgorithm,
+    /// `gcra` only: how many requests may arrive at once. Absent: `requests`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// What is counted separately: `api` (default), `consumer`, `endpoint` or `header:<name>`.
+    #[serde(default)]
+    pub by: LimitBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitAlgorithm {
+    /// Windows aligned to UTC multiples of `per` since the Unix epoch.
+    #[default]
+    Fixed,
+    /// A window of `per` sliding with time (weighted two-window estimate).
+    Sliding,
+    /// Token bucket (generic cell rate algorithm): `burst` at once, then `requests` per `per`.
+    Gcra,
+}
+
+/// The key a limit counts by. Written as `api`, `consumer`, `endpoint` or `header:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LimitBy {
+    /// One counter for the whole API.
+    #[default]
+    Api,
+    /// One counter per consumer.
+    Consumer,
+    /// One counter per allow rule of the API.
+    Endpoint,
+    /// One counter per value of this request header (lower-case name).
+    Header(String),
+}
+
+impl std::str::FromStr for LimitBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "api" => Ok(Self::Api),
+            "consumer" => Ok(Self::Consumer),
+            "endpoint" => Ok(Self::Endpoint),
+            _ => match s.strip_prefix("header:") {
+                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                    Ok(Self::Header(name.to_ascii_lowercase()))
+                }
+                Some(name) => Err(format!("{name:?} is not a valid header name")),
+                None => Err(format!(
+                    "invalid key {s:?}: expected api, consumer, endpoint or header:<name>"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for LimitBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Api => f.write_str("api"),
+            Self::Consumer => f.write_str("consumer"),
+            Self::Endpoint => f.write_str("endpoint"),
+            Self::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+impl Serialize for LimitBy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LimitBy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for LimitBy {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LimitBy".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(api|consumer|endpoint|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$",
+            "description": "api, consumer, endpoint or header:<name>."
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
-use crate::model::{Api, Config, Consumer, Identify};
+use crate::model::{Api, Config, Consumer, Identify, LimitAlgorithm};
 use crate::source_map::SourceMap;
 
 /// Consumer name given to callers no consumer matches, when `unknown_consumer.action: anonymous`.
@@ -153,6 +153,7 @@ impl Validator<'_> {
             {
                 self.err(format!("{at}.upstream"), m);
             }
+            self.api_limits(&at, api);
             let Some(route) = &api.route else { continue };
             if let Some(m) = route_problem(route) {
                 self.err(format!("{at}.route"), m);
@@ -167,6 +168,49 @@ impl Validator<'_> {
                     format!("{at}.route"),
                     "an API with a route needs `upstream` or at least one non-wildcard host to forward to",
                 );
+            }
+        }
+    }
+
+    /// `apis[i].limits`: unique well-formed names, `requests` ≥ 1, a positive `per` (for fixed
+    /// windows one of the clock-aligned lengths), `burst` only for GCRA.
+    fn api_limits(&mut self, at: &str, api: &Api) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (j, l) in api.limits.iter().enumerate() {
+            let at = format!("{at}.limits[{j}]");
+            if let Some(m) = name_problem(&l.name) {
+                self.err(format!("{at}.name"), m);
+            } else if let Some(first) = names.insert(&l.name, j) {
+                self.err(
+                    format!("{at}.name"),
+                    format!("limit name {:?} is already used by limits[{first}]", l.name),
+                );
+            }
+            if l.requests == 0 {
+                self.err(format!("{at}.requests"), "must be at least 1");
+            }
+            let per_ms = l.per.get().as_millis();
+            if per_ms == 0 {
+                self.err(format!("{at}.per"), "must be longer than 0");
+            } else if l.algorithm == LimitAlgorithm::Fixed
+                && !matches!(per_ms, 1_000 | 60_000 | 3_600_000 | 86_400_000)
+            {
+                self.err(
+                    format!("{at}.per"),
+                    format!(
+                        "a fixed window must be exactly 1s, 1m, 1h or 1d (got {}); use `algorithm: sliding` or `gcra` for other lengths",
+                        l.per
+                    ),
+                );
+            }
+            match (l.algorithm, l.burst) {
+                (LimitAlgorithm::Gcra, Some(0)) => {
+                    self.err(format!("{at}.burst"), "must be at least 1");
+                }
+                (LimitAlgorithm::Gcra, _) | (_, None) => {}
+                (_, Some(_)) => {
+                    self.err(format!("{at}.burst"), "only applies to `algorithm: gcra`");
+                }
             }
         }
     }

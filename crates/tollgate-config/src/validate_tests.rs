@@ -272,3 +272,60 @@ fn validate_without_source_falls_back_to_origin() {
         "<api>:1:1: server.max_headers: must be at least 1"
     );
 }
+
+#[test]
+fn limits_are_checked() {
+    let src = api("    limits:
+      - { name: hourly, requests: 5000, per: 1h }
+      - { name: hourly, requests: 0, per: 90s }
+      - { name: \"bad name\", requests: 1, per: 90s, algorithm: sliding }
+      - { name: s, requests: 1, per: 0s, algorithm: sliding, burst: 3 }
+      - { name: g, requests: 10, per: 1s, algorithm: gcra, burst: 0 }
+      - { name: ok, requests: 10, per: 1d, algorithm: gcra, burst: 20, by: \"header:X-Team\" }
+");
+    let got = problems(&src);
+    let p: Vec<_> = got.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(
+        p,
+        [
+            "apis[0].limits[1].name",
+            "apis[0].limits[1].requests",
+            "apis[0].limits[1].per",
+            "apis[0].limits[2].name",
+            "apis[0].limits[3].per",
+            "apis[0].limits[3].burst",
+            "apis[0].limits[4].burst",
+        ],
+        "{got:#?}"
+    );
+    assert!(got[2].1.contains("1s, 1m, 1h or 1d"), "{}", got[2].1);
+
+    // Each accepted `per` of a fixed window, and the key forms.
+    for per in ["1s", "1m", "1h", "1d", "60s", "24h"] {
+        let src = api(&format!(
+            "    limits: [{{ name: l, requests: 1, per: {per} }}]\n"
+        ));
+        assert!(problems(&src).is_empty(), "{per}");
+    }
+    let loaded = load_str(
+        &api("    limits:\n      - { name: a, requests: 1, per: 1m, by: consumer }\n      - { name: b, requests: 1, per: 1m, by: endpoint }\n      - { name: c, requests: 1, per: 1m, by: \"header:X-Team\" }\n"),
+        "v.yaml",
+    )
+    .unwrap();
+    let by: Vec<String> = loaded.config.apis[0]
+        .limits
+        .iter()
+        .map(|l| l.by.to_string())
+        .collect();
+    assert_eq!(by, ["consumer", "endpoint", "header:x-team"]);
+
+    // A bad key is a located parse error.
+    for bad in ["everyone", "\"header:bad name\"", "\"header:\""] {
+        let src = api(&format!(
+            "    limits: [{{ name: l, requests: 1, per: 1m, by: {bad} }}]\n"
+        ));
+        let got = problems(&src);
+        assert_eq!(got.len(), 1, "{bad}: {got:?}");
+        assert!(got[0].0.starts_with("apis[0].limits[0]"), "{bad}: {got:?}");
+    }
+}

@@ -34,6 +34,7 @@ pub enum ErrorCode {
     EmergencyStop,
     PortNotAllowed,
     DestinationBlocked,
+    RateLimited,
     RouteNotFound,
     DnsFailure,
     UpstreamConnectFailed,
@@ -45,7 +46,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadRequest,
         Self::AmbiguousFraming,
         Self::HeadersTooLarge,
@@ -56,6 +57,7 @@ impl ErrorCode {
         Self::EmergencyStop,
         Self::PortNotAllowed,
         Self::DestinationBlocked,
+        Self::RateLimited,
         Self::RouteNotFound,
         Self::DnsFailure,
         Self::UpstreamConnectFailed,
@@ -79,6 +81,7 @@ impl ErrorCode {
             Self::EmergencyStop => "emergency_stop",
             Self::PortNotAllowed => "port_not_allowed",
             Self::DestinationBlocked => "destination_blocked",
+            Self::RateLimited => "rate_limited",
             Self::RouteNotFound => "route_not_found",
             Self::DnsFailure => "dns_failure",
             Self::UpstreamConnectFailed => "upstream_connect_failed",
@@ -106,6 +109,7 @@ impl ErrorCode {
             | Self::EmergencyStop
             | Self::PortNotAllowed
             | Self::DestinationBlocked => 403,
+            Self::RateLimited => 429,
             Self::RouteNotFound => 404,
             Self::DnsFailure
             | Self::UpstreamConnectFailed
@@ -130,6 +134,7 @@ impl ErrorCode {
             Self::EmergencyStop => "Traffic stopped by an operator",
             Self::PortNotAllowed => "Port not allowed for CONNECT",
             Self::DestinationBlocked => "Destination address blocked by the network guard",
+            Self::RateLimited => "Rate limit exceeded",
             Self::RouteNotFound => "No route matches this path",
             Self::DnsFailure => "Upstream host name could not be resolved",
             Self::UpstreamConnectFailed => "Could not connect to the upstream",
@@ -153,7 +158,8 @@ impl ErrorCode {
             | Self::EndpointNotAllowed
             | Self::EmergencyStop
             | Self::PortNotAllowed
-            | Self::DestinationBlocked => Fault::Policy,
+            | Self::DestinationBlocked
+            | Self::RateLimited => Fault::Policy,
             Self::DnsFailure
             | Self::UpstreamConnectFailed
             | Self::UpstreamTlsFailed

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::error::GatewayError;
 use crate::request::Target;
+use crate::stage::limits::LimitOutcome;
 
 /// What the proxy should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,9 @@ pub struct Evaluation {
     /// never reaches the upstream. Otherwise `Authorization` is the client's
     /// own and passes through.
     pub strip_authorization: bool,
+    /// The limits stage's decisions, when the API has limits and the request
+    /// reached that stage (for `RateLimit` headers and metrics).
+    pub limits: Option<LimitOutcome>,
 }
 
 impl Evaluation {

@@ -18,4 +18,6 @@ pub use error::{ErrorCode, Fault, GatewayError};
 pub use evaluation::{Evaluation, Outcome, TraceStep, Verdict};
 pub use pipeline::{PathError, Policy};
 pub use request::{RequestInfo, Scheme, Target, TrafficKind};
+pub use stage::limits::{LimitOutcome, LimitResult};
 pub use switches::{SwitchState, Switches};
+pub use tollgate_state::{Decision, LocalStore};

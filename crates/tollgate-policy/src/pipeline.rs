@@ -1,5 +1,9 @@
 //! The compiled policy and the fixed order of stages:
-//! identify → resolve → access (see `stage/`).
+//! identify → resolve → access → limits (see `stage/`).
+//!
+//! The limits stage needs the counter store, which lives outside the policy
+//! (on the proxy's gateway) so a reload keeps the counts; it runs only from
+//! [`Policy::evaluate_limited`].
 //!
 //! Report mode is decided here, once per request: refusals by the identify
 //! and access stages are only recorded (not enforced) when the config has
@@ -12,6 +16,7 @@
 use std::sync::Arc;
 
 use tollgate_config::{Config, Mode};
+use tollgate_state::LocalStore;
 
 use crate::error::GatewayError;
 use crate::evaluation::{Evaluation, Outcome, Verdict};
@@ -19,6 +24,7 @@ use crate::request::RequestInfo;
 use crate::stage::Ctx;
 use crate::stage::access::Access;
 use crate::stage::identify::{Identifier, Identity, Via};
+use crate::stage::limits::{Limits, Who};
 use crate::stage::resolve::Resolver;
 use crate::switches::Switches;
 
@@ -43,6 +49,7 @@ pub struct Policy {
     identify: Identifier,
     resolve: Resolver,
     access: Access,
+    limits: Limits,
 }
 
 /// Who is calling, before the identify stage's decision is applied.
@@ -61,6 +68,7 @@ impl Policy {
         let access = Access::compile(&config, &mut errs);
         let identify = Identifier::compile(&config, &mut errs);
         let resolve = Resolver::compile(&config, &mut errs);
+        let limits = Limits::compile(&config, &mut errs);
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -70,6 +78,7 @@ impl Policy {
             identify,
             resolve,
             access,
+            limits,
         })
     }
 
@@ -101,11 +110,33 @@ impl Policy {
 
     /// Runs the pipeline over one request. With `trace`, every stage adds a
     /// human-readable [`crate::TraceStep`]; without, no trace strings are built.
+    /// Rate limits are not checked (no counter store is given): see
+    /// [`Self::evaluate_limited`].
     pub fn evaluate(&self, req: &RequestInfo<'_>, switches: &Switches, trace: bool) -> Evaluation {
         self.run(
             req,
             Caller::Found(self.identify.identify(req)),
             switches,
+            None,
+            trace,
+        )
+    }
+
+    /// Like [`Self::evaluate`], then the limits stage: an allowed request to
+    /// an API with `limits` is counted in `store` (and refused with
+    /// `rate_limited` when over a limit).
+    pub fn evaluate_limited(
+        &self,
+        req: &RequestInfo<'_>,
+        switches: &Switches,
+        store: &LocalStore,
+        trace: bool,
+    ) -> Evaluation {
+        self.run(
+            req,
+            Caller::Found(self.identify.identify(req)),
+            switches,
+            Some(store),
             trace,
         )
     }
@@ -122,7 +153,7 @@ impl Policy {
         trace: bool,
     ) -> Option<Evaluation> {
         let index = self.access.consumer_index(consumer)?;
-        Some(self.run(req, Caller::Given(index), switches, trace))
+        Some(self.run(req, Caller::Given(index), switches, None, trace))
     }
 
     fn run(
@@ -130,6 +161,7 @@ impl Policy {
         req: &RequestInfo<'_>,
         caller: Caller,
         switches: &Switches,
+        store: Option<&LocalStore>,
         trace: bool,
     ) -> Evaluation {
         let mut ctx = Ctx::new(trace);
@@ -147,6 +179,7 @@ impl Policy {
             reported: Vec::new(),
             trace: Vec::new(),
             strip_authorization: false,
+            limits: None,
         };
 
         // 1. identify
@@ -203,7 +236,41 @@ impl Policy {
         let verdict = self
             .access
             .check(&mut ctx, req, consumer, &resolved, &state);
+        let api_index = resolved.api;
         eval.target = Some(resolved.target);
+        let rule = match verdict {
+            Ok(rule) => rule,
+            Err(e) => return finish(eval, ctx, Some(e)),
+        };
+
+        // 4. limits
+        let (Some(api), Some(api_name)) = (api_index, eval.api.clone()) else {
+            return finish(eval, ctx, None);
+        };
+        let Some(store) = store else {
+            if self
+                .config
+                .apis
+                .get(api)
+                .is_some_and(|a| !a.limits.is_empty())
+            {
+                ctx.step("limits", Verdict::Skip, || {
+                    format!("limits of API {api_name:?} not checked (that would spend quota)")
+                });
+            }
+            return finish(eval, ctx, None);
+        };
+        let consumer_name = eval.consumer.clone().unwrap_or_else(|| Arc::from(""));
+        let who = Who {
+            api,
+            api_name: &api_name,
+            consumer: &consumer_name,
+            rule,
+        };
+        let Some((outcome, verdict)) = self.limits.check(&mut ctx, req, who, store) else {
+            return finish(eval, ctx, None);
+        };
+        eval.limits = Some(outcome);
         finish(eval, ctx, verdict.err())
     }
 }

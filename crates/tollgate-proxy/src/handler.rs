@@ -27,7 +27,7 @@ use crate::observe::{BytesIn, Completion, count_connect_error};
 use crate::respond::{connect_error_in, error_response, upstream_failure};
 use crate::state::{Active, Gateway, X_REQUEST_ID};
 use crate::upstream::{ConnectError, UpstreamAddr, bare_host};
-use crate::{connect, hop, request_id};
+use crate::{connect, hop, limit_headers, request_id};
 
 /// Per-connection facts the handler needs.
 pub struct ConnCtx {
@@ -198,13 +198,29 @@ pub async fn handle(
         headers: &parts.headers,
         peer: ctx.peer.ip(),
     };
-    let eval = active.policy.evaluate(&info, &ctx.gateway.switches, false);
+    let mut eval =
+        active
+            .policy
+            .evaluate_limited(&info, &ctx.gateway.switches, &ctx.gateway.limits, false);
+    let limits = eval.limits.take();
+    if let (Some(o), Some(api)) = (&limits, &eval.api) {
+        for r in &o.results {
+            // A refused request charged no limit: only the refusing ones are counted.
+            if o.admitted || r.limited {
+                ctx.gateway.metrics.limit_decision(api, &r.name, r.limited);
+            }
+        }
+    }
     done.consumer = eval.consumer.clone();
     done.api = eval.api.clone();
     done.decision = eval.decision();
     done.reason = eval.reported.first().map(|e| e.code.as_str());
     if let Outcome::Deny(err) = &eval.outcome {
-        return Ok(deny(done, err));
+        let mut resp = deny(done, err);
+        if let Some(o) = &limits {
+            limit_headers::apply(resp.headers_mut(), o, true);
+        }
+        return Ok(resp);
     }
     let Some(target) = eval.target else {
         return Ok(deny(
@@ -215,11 +231,18 @@ pub async fn handle(
 
     if kind == TrafficKind::Connect {
         let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-        return Ok(connect::open(&ctx, &active, &target, on_upgrade, done).await);
+        let mut resp = connect::open(&ctx, &active, &target, on_upgrade, done).await;
+        if let Some(o) = &limits
+            && resp.status() == http::StatusCode::OK
+        {
+            limit_headers::apply(resp.headers_mut(), o, false);
+        }
+        return Ok(resp);
     }
     let dest = Forwarding {
         target,
         strip_authorization: eval.strip_authorization,
+        limits,
     };
     Ok(forward(&ctx.gateway, &active, parts, body, dest, http1, done).await)
 }
@@ -260,6 +283,8 @@ pub fn authority(t: &Target) -> String {
 struct Forwarding {
     target: Target,
     strip_authorization: bool,
+    /// Rate-limit decisions whose fields go on the upstream's response.
+    limits: Option<tollgate_policy::LimitOutcome>,
 }
 
 async fn forward(
@@ -274,6 +299,7 @@ async fn forward(
     let Forwarding {
         target,
         strip_authorization,
+        limits,
     } = dest;
     let authority = authority(&target);
     let uri = format!(
@@ -352,6 +378,9 @@ async fn forward(
         rparts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(o) = &limits {
+        limit_headers::apply(&mut rparts.headers, o, false);
     }
     rparts.version = Version::HTTP_11;
     let mut body = ProxyBody::upstream(rbody);

@@ -16,6 +16,7 @@ pub mod framing;
 pub mod guard;
 pub mod handler;
 pub mod hop;
+pub mod limit_headers;
 pub mod observe;
 pub mod reload;
 pub mod request_id;

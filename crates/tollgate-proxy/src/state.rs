@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderName;
 use tollgate_config::Secret;
-use tollgate_policy::{Policy, Switches};
+use tollgate_policy::{LocalStore, Policy, Switches};
 use tollgate_telemetry::{AccessLog, Metrics};
 
 use crate::dns::Resolver;
@@ -131,6 +131,10 @@ impl Active {
 pub struct Gateway {
     pub active: ArcSwap<Active>,
     pub switches: Switches,
+    /// Rate-limit counters. Kept here, not in [`Active`], so a reload does not
+    /// reset them: keys are `<api>:<limit>:<scope>`, and a limit whose
+    /// algorithm changes starts afresh (see `tollgate-state`).
+    pub limits: LocalStore,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub shutdown: Shutdown,
@@ -161,6 +165,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             active: ArcSwap::from_pointee(active),
             switches: Switches::default(),
+            limits: LocalStore::new(),
             metrics,
             access_log,
             shutdown: Shutdown::new(),

@@ -70,6 +70,13 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    api: String,
+    limit: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -143,6 +150,8 @@ pub struct Metrics {
     config_reloads: Family<ResultLabels, Counter>,
     config_last_reload_success: Gauge,
     access_log_dropped: Counter,
+    limit_decisions: Family<LimitLabels, Counter>,
+    limit_cache: HandleCache<3, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -255,6 +264,12 @@ impl Metrics {
             "Access-log lines dropped because the writer could not keep up",
             access_log_dropped.clone(),
         );
+        let limit_decisions = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "tollgate_limit_decisions",
+            "Rate-limit decisions, by API, limit and result (admitted or limited)",
+            limit_decisions.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -284,6 +299,8 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             access_log_dropped,
+            limit_decisions,
+            limit_cache: HandleCache::new(),
         }
     }
 
@@ -395,6 +412,25 @@ impl Metrics {
                 direction: "out",
             }),
         }
+    }
+
+    /// Counts one limit's decision for one request: `limited` when this limit refused it, else
+    /// `admitted`. `api` and `limit` are names from config.
+    pub fn limit_decision(&self, api: &str, limit: &str, limited: bool) {
+        let result = if limited { "limited" } else { "admitted" };
+        self.limit_cache.with(
+            [api, limit, result],
+            || {
+                self.limit_decisions.get_or_create_owned(&LimitLabels {
+                    api: label_value(api_label(api)),
+                    limit: label_value(limit),
+                    result,
+                })
+            },
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     pub fn guard_denied(&self, reason: &'static str) {

@@ -230,7 +230,7 @@ impl Access {
         consumer: usize,
         resolved: &Resolved<'_>,
         switches: &SwitchState,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Option<usize>, GatewayError> {
         let Some(who) = self.consumers.get(consumer) else {
             return Err(GatewayError::new(
                 ErrorCode::Internal,
@@ -280,7 +280,7 @@ impl Access {
         }
 
         let Some((a, e)) = api else {
-            return self.check_unmatched(ctx, who);
+            return self.check_unmatched(ctx, who).map(|()| None);
         };
         if let Some(list) = &who.may_call
             && !list.get(a).copied().unwrap_or(false)
@@ -302,7 +302,7 @@ impl Access {
             ctx.step(STAGE, crate::Verdict::Continue, || {
                 format!("CONNECT to API {:?} allowed; its allow rules need a method and path, which a tunnel does not show", e.name)
             });
-            return Ok(());
+            return Ok(None);
         }
         let path = resolved.match_path();
         if e.rules.is_empty() {
@@ -312,14 +312,14 @@ impl Access {
                     req.method, e.name
                 )
             });
-            return Ok(());
+            return Ok(None);
         }
         match e.rules.iter().position(|r| r.matches(req.method, path)) {
             Some(j) => {
                 ctx.step(STAGE, crate::Verdict::Continue, || {
                     format!("{} {path} allowed by apis[{a}].allow[{j}]", req.method)
                 });
-                Ok(())
+                Ok(Some(j))
             }
             None => {
                 let detail = format!("this method and path are not allowed for API {:?}", e.name);
@@ -334,6 +334,7 @@ impl Access {
                         )
                     },
                 )
+                .map(|()| None)
             }
         }
     }

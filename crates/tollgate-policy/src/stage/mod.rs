@@ -1,10 +1,11 @@
 //! The pipeline's stages, one file each, run in a fixed order by
-//! [`crate::pipeline`]: identify → resolve → access. A stage reports its
+//! [`crate::pipeline`]: identify → resolve → access → limits. A stage reports its
 //! decisions through [`Ctx`], which applies report mode in one place and
 //! builds trace lines only when tracing was asked for.
 
 pub(crate) mod access;
 pub(crate) mod identify;
+pub(crate) mod limits;
 pub(crate) mod resolve;
 
 use crate::error::GatewayError;

@@ -315,3 +315,25 @@ fn concurrent_observations_are_all_counted() {
         .sum();
     assert_eq!(total, 1200, "{text}");
 }
+
+#[test]
+fn limit_decisions_by_api_limit_and_result() {
+    let m = Metrics::new();
+    m.limit_decision("gh", "burst", false);
+    m.limit_decision("gh", "burst", false);
+    m.limit_decision("gh", "burst", true);
+    m.limit_decision("gh", "daily", false);
+    let text = m.encode();
+    let series = |limit: &str, result: &str| {
+        sample(
+            &text,
+            &format!(
+                "tollgate_limit_decisions_total{{api=\"gh\",limit=\"{limit}\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("burst", "admitted").as_deref(), Some("2"));
+    assert_eq!(series("burst", "limited").as_deref(), Some("1"));
+    assert_eq!(series("daily", "admitted").as_deref(), Some("1"));
+    assert_eq!(series("daily", "limited"), None);
+}

@@ -1,0 +1,215 @@
+use serde_json::{Value, json};
+
+use super::*;
+use crate::Switches;
+use crate::test_support::{Req, compile_errors, config, denied, policy, reported};
+use crate::{Evaluation, Policy};
+
+fn cfg(limits: Value, mode: &str) -> Value {
+    json!({
+        "consumers": [
+            { "name": "a", "identify": { "header": { "name": "x-who", "value": "a" } } },
+            { "name": "b", "identify": { "header": { "name": "x-who", "value": "b" } } }
+        ],
+        "apis": [
+            { "name": "gh", "hosts": ["api.github.com"], "mode": mode, "limits": limits,
+              "allow": [{ "paths": ["/repos/**"] }, { "methods": ["POST"], "paths": ["/gists"] }] },
+            { "name": "free", "hosts": ["free.example.com"] }
+        ]
+    })
+}
+
+fn eval(p: &Policy, store: &LocalStore, req: &Req) -> Evaluation {
+    p.evaluate_limited(&req.info(), &Switches::default(), store, true)
+}
+
+fn gh(who: &str) -> Req {
+    Req::forward("http://api.github.com/repos/x").header("x-who", who)
+}
+
+#[test]
+fn fixed_window_refuses_the_fourth_request_and_names_the_limit() {
+    let p = policy(cfg(
+        json!([{ "name": "burst", "requests": 3, "per": "1m" }]),
+        "enforce",
+    ));
+    let store = LocalStore::new();
+    for left in [2, 1, 0] {
+        let e = eval(&p, &store, &gh("a"));
+        assert_eq!(denied(&e), None);
+        let o = e.limits.unwrap();
+        assert!(o.admitted);
+        assert_eq!(o.results[0].decision.remaining, left);
+        assert_eq!((o.results[0].quota, o.results[0].window_secs), (3, 60));
+        assert_eq!(o.retry_after_secs(), None);
+    }
+    let e = eval(&p, &store, &gh("b"));
+    assert_eq!(denied(&e), Some("rate_limited"));
+    let crate::Outcome::Deny(err) = &e.outcome else {
+        unreachable!()
+    };
+    assert!(
+        err.detail.contains("\"burst\"") && err.detail.contains("\"gh\""),
+        "{}",
+        err.detail
+    );
+    let o = e.limits.unwrap();
+    assert!(!o.admitted && o.results[0].limited);
+    let retry = o.retry_after_secs().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(e.trace.last().unwrap().stage, "limits");
+
+    // Without a store (explain), limits are not checked, and the trace says so.
+    let e = gh("a").eval(&p);
+    assert_eq!((denied(&e), e.limits.is_none()), (None, true));
+    let last = e.trace.last().unwrap();
+    assert_eq!((last.stage, last.verdict), ("limits", crate::Verdict::Skip));
+    // APIs without limits and unmatched destinations carry no outcome.
+    let e = eval(&p, &store, &Req::forward("http://free.example.com/"));
+    assert!(e.limits.is_none());
+}
+
+#[test]
+fn consumers_get_separate_budgets_and_refusals_charge_nothing() {
+    let p = policy(cfg(
+        json!([
+            { "name": "each", "requests": 1, "per": "1h", "by": "consumer" },
+            { "name": "total", "requests": 10, "per": "1d" }
+        ]),
+        "enforce",
+    ));
+    let store = LocalStore::new();
+    assert_eq!(denied(&eval(&p, &store, &gh("a"))), None);
+    let e = eval(&p, &store, &gh("a"));
+    assert_eq!(denied(&e), Some("rate_limited"));
+    let o = e.limits.unwrap();
+    assert_eq!(
+        o.results.iter().map(|r| r.limited).collect::<Vec<_>>(),
+        [true, false]
+    );
+    // The refused request did not consume the daily limit.
+    assert_eq!(o.results[1].decision.remaining, 9);
+    assert_eq!(o.tightest().unwrap().name.as_ref(), "each");
+    let e = eval(&p, &store, &gh("b"));
+    assert_eq!(denied(&e), None);
+    let o = e.limits.unwrap();
+    assert_eq!(o.results[1].decision.remaining, 8);
+    assert_eq!(o.tightest().unwrap().name.as_ref(), "each");
+
+    // A request refused by access never reaches the counters.
+    let e = eval(
+        &p,
+        &store,
+        &Req::forward("http://api.github.com/admin").header("x-who", "b"),
+    );
+    assert_eq!(
+        (denied(&e), e.limits.is_none()),
+        (Some("endpoint_not_allowed"), true)
+    );
+}
+
+#[test]
+fn report_mode_lets_refused_requests_through() {
+    let p = policy(cfg(
+        json!([{ "name": "burst", "requests": 1, "per": "1s", "algorithm": "sliding" }]),
+        "report",
+    ));
+    let store = LocalStore::new();
+    assert_eq!(reported(&eval(&p, &store, &gh("a"))), Vec::<&str>::new());
+    let e = eval(&p, &store, &gh("a"));
+    assert_eq!(denied(&e), None);
+    assert_eq!(reported(&e), ["rate_limited"]);
+    assert_eq!(e.decision(), "report");
+    assert!(!e.limits.unwrap().admitted);
+}
+
+#[test]
+fn tunnels_count_once_and_gcra_bursts() {
+    let p = policy(cfg(
+        json!([{ "name": "g", "requests": 1, "per": "1h", "algorithm": "gcra", "burst": 2 }]),
+        "enforce",
+    ));
+    let store = LocalStore::new();
+    let tunnel = Req::connect("api.github.com", 443).header("x-who", "a");
+    assert_eq!(denied(&eval(&p, &store, &tunnel)), None);
+    let e = eval(&p, &store, &tunnel);
+    let o = e.limits.as_ref().unwrap();
+    // GCRA advertises its burst over the time a whole burst takes to refill.
+    assert_eq!((o.results[0].quota, o.results[0].window_secs), (2, 7200));
+    assert_eq!(denied(&eval(&p, &store, &tunnel)), Some("rate_limited"));
+}
+
+fn keys(by: &str, req: &Req, rule: Option<usize>) -> String {
+    let c = config(cfg(
+        json!([{ "name": "l", "requests": 1, "per": "1m", "by": by }]),
+        "enforce",
+    ));
+    let mut errs = Vec::new();
+    let limits = Limits::compile(&c, &mut errs);
+    assert!(errs.is_empty());
+    let who = Who {
+        api: 0,
+        api_name: "gh",
+        consumer: "a",
+        rule,
+    };
+    key(&limits.apis[0][0], &req.info(), &who)
+}
+
+#[test]
+fn keys_are_bounded_and_never_hold_header_values() {
+    let r = gh("a").header("x-team", "secret-token-1");
+    assert_eq!(keys("api", &r, Some(0)), "gh:l:-");
+    assert_eq!(keys("consumer", &r, Some(0)), "gh:l:a");
+    assert_eq!(keys("endpoint", &r, Some(1)), "gh:l:1");
+    assert_eq!(keys("endpoint", &r, None), "gh:l:*");
+    let k = keys("header:X-Team", &r, None);
+    assert!(k.starts_with("gh:l:") && k.len() == 5 + 16, "{k}");
+    assert!(!k.contains("secret"));
+    let other = keys(
+        "header:x-team",
+        &gh("a").header("x-team", "secret-token-2"),
+        None,
+    );
+    assert_ne!(k, other);
+    assert_eq!(keys("header:x-team", &gh("a"), None), "gh:l:-");
+    assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+}
+
+#[test]
+fn endpoint_limits_follow_the_matched_rule() {
+    let p = policy(cfg(
+        json!([{ "name": "l", "requests": 1, "per": "1m", "by": "endpoint" }]),
+        "enforce",
+    ));
+    let store = LocalStore::new();
+    assert_eq!(denied(&eval(&p, &store, &gh("a"))), None);
+    // Another path under the same rule shares its counter.
+    let same_rule = Req::forward("http://api.github.com/repos/y/z").header("x-who", "a");
+    assert_eq!(denied(&eval(&p, &store, &same_rule)), Some("rate_limited"));
+    let gist = Req::forward("http://api.github.com/gists")
+        .method("POST")
+        .header("x-who", "a");
+    assert_eq!(denied(&eval(&p, &store, &gist)), None);
+}
+
+#[test]
+fn unvalidated_limits_are_compile_errors() {
+    let errs = compile_errors(cfg(
+        json!([
+            { "name": "a", "requests": 0, "per": "1m" },
+            { "name": "b", "requests": 1, "per": "90s" },
+            { "name": "c", "requests": 1, "per": "0s", "algorithm": "sliding" }
+        ]),
+        "enforce",
+    ));
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "apis[0].limits[0].requests",
+            "apis[0].limits[1].per",
+            "apis[0].limits[2].per"
+        ]
+    );
+}
