@@ -16,7 +16,14 @@
 #   PIN=1            pin proxies to PROXY_CPU and wrk to LOADGEN_CPU with taskset
 #                    (default: the first and second CPU this process may use, usually 0 and 1)
 #   UPSTREAM_CPU=    CPU list for the upstream nginx (default: unpinned)
-#   CASES="direct nginx haproxy tollgate-route squid tollgate-forward"
+#   CASES="direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit"
+#                    tollgate-local-limit / tollgate-global-limit: route mode with one rate limit that is
+#                    never reached, kept in the process vs. shared through Redis (REDIS_URL below);
+#                    the report gives global/local throughput (target >= 0.8)
+#   REDIS_URL=redis://127.0.0.1:6379   Redis for tollgate-global-limit (skipped when unreachable)
+#                    nginx-cache / tollgate-cache: the same route with a response cache (nginx
+#                    proxy_cache vs. Tollgate `cache: { ttl: 60s }`); after the warm-up every
+#                    request is a cache hit, so this compares serving from memory
 #   TOLLGATE_BIN=    use this binary instead of building target/release/tollgate
 #   BUILD=1          run `cargo build --release -p tollgate` when TOLLGATE_BIN is unset
 #   KEEP_TMP=0       keep the temp dir (configs, logs, raw wrk output) for inspection
@@ -37,7 +44,8 @@ PIN=${PIN:-1}
 PROXY_CPU=${PROXY_CPU:-}
 LOADGEN_CPU=${LOADGEN_CPU:-}
 UPSTREAM_CPU=${UPSTREAM_CPU:-}
-CASES=${CASES:-direct nginx haproxy tollgate-route squid tollgate-forward}
+CASES=${CASES:-direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}
 BUILD=${BUILD:-1}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -340,6 +348,39 @@ http {
 EOF
 } >"$TMP/nginx-rp.conf"
 
+# The same reverse proxy with proxy_cache: the cache-hit comparison for Tollgate's `cache`.
+mkdir -p "$TMP/nginx-cache-tmp" "$TMP/nginx-cache-store"
+{
+    nginx_common nginx-cache
+    cat <<EOF
+http {
+    access_log $TMP/nginx-cache-access.log combined;
+    server_tokens off;
+    client_body_temp_path $TMP/nginx-cache-tmp;
+    proxy_temp_path $TMP/nginx-cache-tmp;
+    proxy_cache_path $TMP/nginx-cache-store levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream bench_up {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT backlog=4096;
+        location / {
+            proxy_pass http://bench_up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 60s;
+            proxy_cache_lock on;
+        }
+    }
+}
+EOF
+} >"$TMP/nginx-cache.conf"
+
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -407,6 +448,31 @@ apis:
     route: /bench
     upstream: http://127.0.0.1:$UP_PORT
 EOF
+    # A limit that is never reached, so every request pays for the decision and none is refused.
+    case $1 in
+    tollgate-local-limit)
+        printf '    limits: [{ name: roomy, requests: 1000000000, per: 1h }]\n' >>"$TMP/$1.yaml"
+        ;;
+    tollgate-global-limit)
+        printf '    limits: [{ name: roomy, requests: 1000000000, per: 1h, scope: global }]\n' >>"$TMP/$1.yaml"
+        printf 'state: { redis: { url: "%s", prefix: "tollgate-bench-%s" } }\n' "$REDIS_URL" "$$" >>"$TMP/$1.yaml"
+        ;;
+    tollgate-cache)
+        printf '    cache: { ttl: 60s }\n' >>"$TMP/$1.yaml"
+        ;;
+    esac
+}
+
+# Whether REDIS_URL's host:port accepts connections (the global-limit case needs it).
+redis_up() {
+    python3 - "$REDIS_URL" <<'PY'
+import socket, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+try:
+    socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
 }
 
 # --------------------------------------------------------------- tollgate --
@@ -529,6 +595,15 @@ for case in $CASES; do
             FAILED_CORE=1
         fi
         ;;
+    nginx-cache)
+        start_bg nginx-cache ${PROXY_PIN[@]+"${PROXY_PIN[@]}"} nginx -p "$TMP/" -e "$TMP/nginx-cache-error.log" -c "$TMP/nginx-cache.conf"
+        if wait_ready "$LAST_PID" "http://127.0.0.1:$NGX_PORT/"; then
+            measure nginx-cache "http://127.0.0.1:$NGX_PORT/" "$TMP/report.lua" "$LAST_PID" "$TMP/nginx-cache-access.log" "" 1 1
+        else
+            skip_case nginx-cache "nginx with proxy_cache did not start: $(tail -n 3 "$TMP/nginx-cache.out" | tr '\n' ' ')"
+            FAILED_CORE=1
+        fi
+        ;;
     haproxy)
         # shellcheck disable=SC2016  # $1/$2 are sh's own arguments
         start_bg haproxy ${PROXY_PIN[@]+"${PROXY_PIN[@]}"} sh -c 'exec haproxy -db -f "$1" 2>"$2"' sh "$TMP/haproxy.cfg" "$TMP/haproxy-stderr.log"
@@ -548,19 +623,21 @@ for case in $CASES; do
             FAILED_CORE=1
         fi
         ;;
-    tollgate-route | tollgate-forward)
+    tollgate-route | tollgate-forward | tollgate-local-limit | tollgate-global-limit | tollgate-cache)
         if (( ! TOLLGATE_OK )); then
             skip_case "$case" "$TOLLGATE_REASON"
+        elif [[ $case == tollgate-global-limit ]] && ! redis_up; then
+            skip_case "$case" "Redis at $REDIS_URL is not reachable"
         elif ! start_tollgate "$case"; then
             skip_case "$case" "Tollgate $TOLLGATE_REASON"
-        elif [[ $case == tollgate-route ]]; then
+        elif [[ $case != tollgate-forward ]]; then
             measure "$case" "http://127.0.0.1:$TG_PORT/bench/" "$TMP/report.lua" "$LAST_PID" "$TMP/$case-access.log" "" 1 0
         else
             measure "$case" "http://127.0.0.1:$TG_PORT/" "$TMP/forward.lua" "$LAST_PID" "$TMP/$case-access.log" "http://127.0.0.1:$TG_PORT" 1 0
         fi
         ;;
     *)
-        die "unknown case '$case' (known: direct nginx haproxy tollgate-route squid tollgate-forward)"
+        die "unknown case '$case' (known: direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache)"
         ;;
     esac
 done
@@ -599,6 +676,8 @@ labels = {
     "direct": "direct (no proxy)", "nginx": "nginx reverse proxy", "haproxy": "HAProxy",
     "tollgate-route": "Tollgate route mode", "squid": "Squid forward proxy",
     "tollgate-forward": "Tollgate forward proxy",
+    "tollgate-local-limit": "Tollgate local limit", "tollgate-global-limit": "Tollgate global limit",
+    "nginx-cache": "nginx proxy_cache (hits)", "tollgate-cache": "Tollgate cache (hits)",
 }
 cases = []
 for line in open(results_path):
@@ -631,11 +710,16 @@ ratios = {
     "tollgate_route_over_haproxy_p99": ratio("tollgate-route", "haproxy", "p99_ms"),
     "tollgate_route_over_nginx_p99": ratio("tollgate-route", "nginx", "p99_ms"),
     "tollgate_forward_over_squid_p99": ratio("tollgate-forward", "squid", "p99_ms"),
+    "tollgate_global_over_local_limit_rps": ratio("tollgate-global-limit", "tollgate-local-limit", "rps"),
+    "tollgate_global_over_local_limit_p99": ratio("tollgate-global-limit", "tollgate-local-limit", "p99_ms"),
+    "tollgate_cache_over_nginx_cache_rps": ratio("tollgate-cache", "nginx-cache", "rps"),
+    "tollgate_cache_over_nginx_cache_p99": ratio("tollgate-cache", "nginx-cache", "p99_ms"),
 }
 targets = {
     "tollgate_route_over_haproxy_rps": ">= 1.0",
     "tollgate_route_over_haproxy_p99": "<= 1.0",
     "tollgate_forward_over_squid_rps": ">= 3.0",
+    "tollgate_global_over_local_limit_rps": ">= 0.8",
 }
 
 print()
@@ -664,6 +748,8 @@ ratio_cases = {
     "tollgate_route_over_haproxy": ("tollgate-route", "haproxy"),
     "tollgate_route_over_nginx": ("tollgate-route", "nginx"),
     "tollgate_forward_over_squid": ("tollgate-forward", "squid"),
+    "tollgate_global_over_local_limit": ("tollgate-global-limit", "tollgate-local-limit"),
+    "tollgate_cache_over_nginx_cache": ("tollgate-cache", "nginx-cache"),
 }
 
 def show(name, key, target=None, better="higher"):
@@ -687,6 +773,10 @@ show("Tollgate(forward) / Squid  req/s", "tollgate_forward_over_squid_rps", 3.0)
 show("Tollgate(route) / HAProxy  p99", "tollgate_route_over_haproxy_p99", 1.0, "lower")
 show("Tollgate(route) / nginx    p99", "tollgate_route_over_nginx_p99")
 show("Tollgate(forward) / Squid  p99", "tollgate_forward_over_squid_p99")
+show("Global limit / local limit req/s", "tollgate_global_over_local_limit_rps", 0.8)
+show("Global limit / local limit p99", "tollgate_global_over_local_limit_p99")
+show("Tollgate cache / nginx cache req/s", "tollgate_cache_over_nginx_cache_rps")
+show("Tollgate cache / nginx cache p99", "tollgate_cache_over_nginx_cache_p99")
 if "direct" in by:
     print()
     print("Share of the direct (no proxy) throughput")

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Test-only Python dependencies (pytest, requests), installed once per machine.
-if ! python3 -c 'import pytest, requests' >/dev/null 2>&1; then
+# Test-only Python dependencies (pytest, requests, httpx, PyYAML), installed once per machine.
+if ! python3 -c 'import pytest, requests, httpx, yaml' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 command -v curl >/dev/null || { echo "curl is required for the end-to-end tests" >&2; exit 1; }
@@ -13,3 +13,4 @@ command -v curl >/dev/null || { echo "curl is required for the end-to-end tests"
 cargo build --locked -p tollgate
 cargo test --workspace --locked
 TOLLGATE_BIN="$PWD/target/debug/tollgate" python3 -m pytest tests/python -q -p no:cacheprovider
+TOLLGATE_BIN="$PWD/target/debug/tollgate" python3 -m pytest clients/python/tests -q -p no:cacheprovider

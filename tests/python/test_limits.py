@@ -4,6 +4,7 @@ survive a reload; report mode lets the refused request through and logs it."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -114,3 +115,102 @@ def test_report_mode_lets_the_fourth_through(gateway, upstream):
     assert e["decision"] == "report"
     assert "rate_limited" in e["reason"]
     assert e["status"] == 200
+
+
+def _limits_doc_limit(doc, api, limit):
+    for a in doc["apis"]:
+        if a["name"] == api:
+            for l in a["limits"]:
+                if l["name"] == limit:
+                    return l
+    raise AssertionError(f"{api}/{limit} not in {doc}")
+
+
+def test_admin_limits_lists_keys_without_header_values(gateway, upstream):
+    limits = [
+        {"name": "per-key", "requests": 5, "per": "1h", "by": "header:x-api-key"},
+        {"name": "daily", "requests": 100, "per": "1d", "cost": {"header": "x-weight"}},
+    ]
+    gw = gateway(base_config(apis=[limited_api(limits)]))
+    url = f"{upstream.base}/v1/z"
+    for key in ("secret-one", "secret-one", "secret-two"):
+        assert gw.get(url, headers={"x-api-key": key, "x-weight": "7"}).status_code == 200
+    r = gw.admin("GET", "/admin/limits")
+    assert r.status_code == 200
+    assert "secret-one" not in r.text and "secret-two" not in r.text
+    doc = r.json()
+    assert doc["store"] == {"redis": False, "degraded": False, "instances": 1}
+    per_key = _limits_doc_limit(doc, "echo", "per-key")
+    assert (per_key["scope"], per_key["algorithm"], per_key["quota"], per_key["window"]) == \
+        ("local", "fixed", 5, "1h")
+    used = sorted(k["used"] for k in per_key["keys"])
+    assert used == [1, 2]
+    for k in per_key["keys"]:
+        assert re.fullmatch(r"[0-9a-f]{16}", k["key"]), k
+        assert k["remaining"] == 5 - k["used"]
+        assert 0 < k["reset_after_ms"] <= 3_600_000
+    # The cost header weighed each request 7.
+    daily = _limits_doc_limit(doc, "echo", "daily")
+    assert [(k["key"], k["used"], k["remaining"]) for k in daily["keys"]] == [("-", 21, 79)]
+
+
+def test_limits_cli_prints_the_table(gateway, upstream):
+    import os
+    import subprocess
+
+    from helpers import TOLLGATE_BIN
+
+    gw = gateway(base_config(
+        admin={"token": "s3cret-admin"},
+        apis=[limited_api([{"name": "hourly", "requests": 9, "per": "1h"}])]))
+    for _ in range(2):
+        assert gw.get(f"{upstream.base}/v1/a").status_code == 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    run = lambda *a: subprocess.run([TOLLGATE_BIN, "limits", "--admin", gw.admin_url, *a],
+                                    capture_output=True, text=True, timeout=30, env=env)
+    out = run("--token", "s3cret-admin")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "shared store: none, instances: 1"
+    assert lines[1].split() == ["API", "LIMIT", "SCOPE", "ALGORITHM", "QUOTA", "WINDOW",
+                                "KEY", "USED", "REMAINING", "RESET", "QUEUE"]
+    row = lines[2].split()
+    assert row[:8] == ["echo", "hourly", "local", "fixed", "9", "1h", "-", "2"]
+    assert row[8] == "7" and row[9].endswith("s") and row[10] == "0"
+    as_json = run("--token", "s3cret-admin", "--json")
+    assert json.loads(as_json.stdout)["apis"][0]["limits"][0]["keys"][0]["used"] == 2
+    # Without the token the admin API refuses, and the CLI says so.
+    denied = run()
+    assert denied.returncode == 1 and "401" in denied.stderr
+
+
+def test_day_quota_survives_a_graceful_restart(gateway, upstream, tmp_path):
+    state = tmp_path / "state"
+    cfg = base_config(
+        state={"dir": str(state)},
+        apis=[limited_api([{"name": "daily", "requests": 4, "per": "1d"}])])
+    gw = gateway(cfg)
+    url = f"{upstream.base}/v1/d"
+    for _ in range(3):
+        assert gw.get(url).status_code == 200
+    assert gw.terminate() == 0
+    # Saved at shutdown, atomically: only the final file is left.
+    assert sorted(p.name for p in state.iterdir()) == ["limits.json"]
+    again = gateway(cfg)
+    daily = _limits_doc_limit(again.admin("GET", "/admin/limits").json(), "echo", "daily")
+    assert [(k["key"], k["used"]) for k in daily["keys"]] == [("-", 3)]
+    assert again.get(url).status_code == 200
+    assert_problem(again.get(url), 429, "rate_limited")
+
+
+def test_corrupt_state_file_is_set_aside(gateway, upstream, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "limits.json").write_text("{truncated")
+    gw = gateway(base_config(
+        state={"dir": str(state)},
+        apis=[limited_api([{"name": "daily", "requests": 4, "per": "1d"}])]))
+    assert gw.get(f"{upstream.base}/v1/c").status_code == 200
+    aside = [p for p in state.iterdir() if p.name.startswith("limits.json.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_text() == "{truncated"
+    assert "cannot load persisted limit counters" in gw.stderr_text()

@@ -10,22 +10,31 @@
 // Tests may unwrap and panic: a failed assertion is the point of a test.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod cache;
 mod defaults;
+pub mod dlp;
 mod error;
 pub mod load;
 mod model;
+mod outbound;
+pub mod resilience;
 pub mod schema;
 pub mod secret;
 mod source_map;
+pub mod traffic;
 pub mod units;
 pub mod validate;
 
+pub use cache::{ApiCache, CacheGlobal, CacheKeyPart};
 pub use defaults::{DEFAULT_CONFIG, DEFAULT_ORIGIN, EXAMPLE_CONFIG, embedded_default};
+pub use dlp::{BodyLimits, Dlp};
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{Loaded, load_file, load_str};
 pub use model::*;
+pub use outbound::*;
+pub use resilience::{Breaker, Condition, ProviderBackoff, Retry};
 pub use schema::json_schema;
-pub use secret::{Secret, SecretError, SecretRef};
+pub use secret::{Secret, SecretError, SecretRef, SecretTemplate};
 pub use source_map::SourceMap;
 pub use units::{ByteSize, Duration};
 pub use validate::{ANONYMOUS_CONSUMER, GuardEntry, parse_guard_entry, validate};

@@ -11,7 +11,7 @@
 //! block-style `apis` or `consumers` list) on its own, at its original line
 //! numbers, to report the other broken sections in the same run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_saphyr::{
@@ -248,6 +248,28 @@ fn excerpt(lines: &[&str], from: u32, to: u32, col: u32) -> Option<String> {
     Some(text)
 }
 
+/// The configuration files of a directory, in the order they are merged: every
+/// `*.yaml` / `*.yml` entry that is (or links to) a regular file, by name.
+/// Hidden entries are skipped, so a Kubernetes ConfigMap mount (whose
+/// `..data` and `..<timestamp>` entries are directories) lists only the files
+/// it projects. The file watcher lists the same files, so it reloads when and
+/// only when one of them changes.
+pub fn dir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        let is_yaml = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
+        if is_yaml && !hidden && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
 fn load_dir(dir: &Path) -> Result<Loaded, ConfigErrors> {
     let dir_name = dir.display().to_string();
     let io_err = |e: std::io::Error| {
@@ -255,15 +277,7 @@ fn load_dir(dir: &Path) -> Result<Loaded, ConfigErrors> {
             SourceMap::empty(dir_name.clone()).locate("", format!("cannot read directory: {e}")),
         )
     };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err)? {
-        let path = entry.map_err(io_err)?.path();
-        let is_yaml = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
-        if is_yaml && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let files = dir_files(dir).map_err(io_err)?;
     if files.is_empty() {
         return Err(SourceMap::empty(dir_name)
             .locate("", "no *.yaml or *.yml file in this directory")
@@ -333,6 +347,10 @@ fn take_section(dst: &mut Config, src: &mut Config, key: &str) -> bool {
         "server" => dst.server = take(&mut src.server),
         "logging" => dst.logging = take(&mut src.logging),
         "unknown_consumer" => dst.unknown_consumer = take(&mut src.unknown_consumer),
+        "state" => dst.state = take(&mut src.state),
+        "discovery" => dst.discovery = take(&mut src.discovery),
+        "tls_intercept" => dst.tls_intercept = take(&mut src.tls_intercept),
+        "cache" => dst.cache = take(&mut src.cache),
         _ => return false,
     }
     true

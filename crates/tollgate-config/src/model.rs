@@ -50,6 +50,19 @@ pub struct Config {
     /// What to do with callers that match no consumer.
     #[serde(default)]
     pub unknown_consumer: UnknownConsumer,
+    /// Counter persistence (`dir`) and the shared Redis for `scope: global` limits.
+    #[serde(default)]
+    pub state: State,
+    /// The interception CA for APIs with `tls: intercept` (required when any API intercepts).
+    #[serde(default)]
+    pub tls_intercept: Option<TlsIntercept>,
+    /// API discovery: the endpoints Tollgate sees, managed or not (`GET /admin/discovery`,
+    /// `tollgate discover`).
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// The response cache's memory bound (`apis[].cache` turns caching on per API).
+    #[serde(default)]
+    pub cache: crate::cache::CacheGlobal,
     /// Named callers.
     #[serde(default)]
     pub consumers: Vec<Consumer>,
@@ -328,6 +341,20 @@ pub struct Consumer {
     /// Whether this consumer may reach destinations no API matches (subject to `default_action`).
     #[serde(default = "yes")]
     pub allow_unmatched: bool,
+    /// Header rules for this consumer's requests and responses (applied after the API's).
+    #[serde(default)]
+    pub headers: crate::outbound::HeaderRules,
+    /// Data-loss protection for this consumer's requests: replaces the `dlp` of every API it
+    /// calls. Absent: the API's applies.
+    #[serde(default)]
+    pub dlp: Option<crate::dlp::Dlp>,
+    /// Body size limits for this consumer: the stricter of these and the API's apply.
+    #[serde(default)]
+    pub body_limits: Option<crate::dlp::BodyLimits>,
+    /// Queue priority: when requests wait for a limit with `on_limit: { queue }` or for a
+    /// concurrency slot, higher priorities are released first. Default 0.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// Exactly one way of recognising a consumer.
@@ -383,9 +410,38 @@ pub struct Api {
     /// CONNECT handling for this API's hosts.
     #[serde(default)]
     pub tls: TlsMode,
-    /// Rate limits kept in this process; a request must pass all of them (429 otherwise).
+    /// Rate limits and quotas; a request must pass all of them (429 otherwise).
     #[serde(default)]
     pub limits: Vec<Limit>,
+    /// Retries of failed upstream attempts. Absent: each request is tried once.
+    #[serde(default)]
+    pub retry: Option<crate::resilience::Retry>,
+    /// Circuit breaker: answer 503 `circuit_open` while the upstream keeps failing. Absent: none.
+    #[serde(default)]
+    pub breaker: Option<crate::resilience::Breaker>,
+    /// Stop sending while the provider says its quota is exhausted (on by default).
+    #[serde(default)]
+    pub provider_backoff: crate::resilience::ProviderBackoff,
+    /// In-flight request limits (`{ max: 10, per_consumer: 2, on_limit: reject }`). Absent: none.
+    #[serde(default)]
+    pub concurrency: Option<crate::traffic::Concurrency>,
+    /// Credentials injected into every upstream request (the caller never holds the key).
+    #[serde(default)]
+    pub credentials: Option<crate::outbound::Credentials>,
+    /// Header rules for this API's upstream requests and responses (applied before the consumer's).
+    #[serde(default)]
+    pub headers: crate::outbound::HeaderRules,
+    /// Data-loss protection: scan request (and optionally response) bodies for card numbers,
+    /// IBANs, keys and custom patterns; block, redact or report. Absent: bodies are not scanned.
+    #[serde(default)]
+    pub dlp: Option<crate::dlp::Dlp>,
+    /// Body size limits (`{ request: 10MiB, response: 100MiB }`). Absent: none.
+    #[serde(default)]
+    pub body_limits: Option<crate::dlp::BodyLimits>,
+    /// Shared HTTP response cache for `GET`/`HEAD` (RFC 9111; `{ ttl: 60s, max_entry: 1MiB }`).
+    /// Absent: responses are not cached.
+    #[serde(default)]
+    pub cache: Option<crate::cache::ApiCache>,
 }
 
 /// One rate limit of an API: `requests` per `per`, counted per `by` key.
@@ -396,8 +452,9 @@ pub struct Limit {
     pub name: String,
     /// Requests allowed per `per` (at least 1).
     pub requests: u64,
-    /// The window (`fixed`: exactly 1s, 1m, 1h or 1d) or, for `gcra`, the period `requests` refill over.
-    pub per: Duration,
+    /// The window (`fixed`: exactly 1s, 1m, 1h, 1d or `month`) or, for `gcra`, the period
+    /// `requests` refill over.
+    pub per: Per,
     /// `fixed` (default), `sliding` or `gcra`.
     #[serde(default)]
     pub algorithm: LimitAlgorithm,
@@ -407,6 +464,235 @@ pub struct Limit {
     /// What is counted separately: `api` (default), `consumer`, `endpoint` or `header:<name>`.
     #[serde(default)]
     pub by: LimitBy,
+    /// `local` (default): counted in this process. `global`: shared by every gateway through
+    /// `state.redis`.
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// `global` limits only: what happens when Redis does not answer in time. `open` (default):
+    /// decide locally at this instance's fair share of the limit. `closed`: refuse with 503
+    /// `limit_store_unavailable`.
+    #[serde(default)]
+    pub on_store_failure: OnStoreFailure,
+    /// `per: month` only: the fixed UTC offset the month is counted in (`+02:00`, `-05:30`).
+    /// Absent: UTC. Daylight-saving changes are not followed.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// `per: month` only: the day of the month (1..31) the quota renews at 00:00 local time; in
+    /// shorter months, their last day. Absent: 1.
+    #[serde(default)]
+    pub renewal_day: Option<u8>,
+    /// What one request costs. Absent: 1 per request.
+    #[serde(default)]
+    pub cost: Option<LimitCost>,
+    /// Guaranteed shares of this limit by consumer (`{ acme: 25%, others: 50% }`); fixed and
+    /// sliding windows only. Absent: one counter for everybody the key covers.
+    #[serde(default)]
+    pub shares: Option<crate::traffic::Shares>,
+    /// With `shares`: what a consumer may use beyond its guarantee. `true` (default): capacity
+    /// no guarantee covers plus the unused guarantees of idle consumers (not charged or refused
+    /// in this window or the previous one); `unallocated`: only capacity no guarantee covers;
+    /// `false`: nothing.
+    #[serde(default)]
+    pub borrow: Option<crate::traffic::Borrow>,
+    /// With `shares`: the share consumers not listed get together (`10%`), or `deny`.
+    /// Default 0% (they may only borrow).
+    #[serde(default)]
+    pub default_share: Option<crate::traffic::DefaultShare>,
+    /// When the limit is exhausted: `reject` (default, 429 at once) or
+    /// `{ queue: 5s, max_queue: 100 }` (wait in priority order).
+    #[serde(default)]
+    pub on_limit: crate::traffic::OnLimit,
+}
+
+/// A limit's window length: a duration, or `month` (a calendar month, see `time_zone` and
+/// `renewal_day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    Every(Duration),
+    Month,
+}
+
+impl Per {
+    /// The length; a month counts as 31 days here (callers that align to the calendar check
+    /// [`Per::is_month`]).
+    pub fn get(self) -> std::time::Duration {
+        match self {
+            Self::Every(d) => d.get(),
+            Self::Month => std::time::Duration::from_secs(31 * 86_400),
+        }
+    }
+    pub fn is_month(self) -> bool {
+        matches!(self, Self::Month)
+    }
+}
+
+impl std::fmt::Display for Per {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Every(d) => d.fmt(f),
+            Self::Month => f.write_str("month"),
+        }
+    }
+}
+
+impl Serialize for Per {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Per {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "month" {
+            return Ok(Self::Month);
+        }
+        s.parse().map(Self::Every).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Per {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LimitPer".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^([0-9]+(ms|s|m|h|d)|month)$",
+            "description": "A duration such as 1s, 1m, 1h or 1d, or `month`."
+        })
+    }
+}
+
+/// Parses a fixed UTC offset (`+02:00`, `-0530`, `+2`, `Z` or `UTC`) into minutes east of UTC.
+pub fn parse_utc_offset(s: &str) -> Result<i32, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("z") || t.eq_ignore_ascii_case("utc") {
+        return Ok(0);
+    }
+    let bad =
+        || format!("invalid time zone {s:?}: expected a fixed UTC offset such as +02:00 or -05:30");
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = match rest.split_once(':') {
+        Some((h, m)) => (h, m),
+        None if rest.len() == 4 => rest.split_at(2),
+        None => (rest, "0"),
+    };
+    let all_digits =
+        |x: &str| !x.is_empty() && x.len() <= 2 && x.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(h) || !all_digits(m) {
+        return Err(bad());
+    }
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 60 + m))
+}
+
+/// Where a limit's counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// In this process (persisted under `state.dir` for windows of an hour or longer).
+    #[default]
+    Local,
+    /// In Redis (`state.redis`), shared by every gateway using the same `prefix`.
+    Global,
+}
+
+/// What a `global` limit does when Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreFailure {
+    /// Enforce locally at this instance's fair share (limit / live instances).
+    #[default]
+    Open,
+    /// Refuse with 503 `limit_store_unavailable`.
+    Closed,
+}
+
+/// What a request costs against a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitCost {
+    /// Read the cost from this request header (a whole number). Missing, invalid or below 1:
+    /// 1. Capped at the limit's quota.
+    pub header: String,
+}
+
+/// Where counters live besides this process' memory.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Directory for persisted local counters (windows of an hour or longer), saved every 10 s
+    /// and at shutdown, loaded at start. Absent: local counters are not persisted.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// Redis for `scope: global` limits.
+    #[serde(default)]
+    pub redis: Option<RedisState>,
+}
+
+/// API discovery: which endpoints (host, method, normalised path) traffic reaches, with counts,
+/// statuses, latency, consumers and the provider's rate-limit headers. Kept in memory, bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// Record endpoints. Default true (recording is one hash lookup under a sharded lock).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most hosts recorded; requests to further hosts are counted in the overflow bucket.
+    /// Default 200.
+    #[serde(default = "default_discovery_bound")]
+    pub max_hosts: usize,
+    /// Most endpoints (method + path pattern) recorded per host; further ones are counted in
+    /// the host's overflow bucket. Default 200.
+    #[serde(default = "default_discovery_bound")]
+    pub max_endpoints_per_host: usize,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_hosts: default_discovery_bound(),
+            max_endpoints_per_host: default_discovery_bound(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_discovery_bound() -> usize {
+    200
+}
+
+/// Connection to the Redis that holds `global` limit counters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisState {
+    /// `redis://[user:password@]host:port[/db]` (may embed a password, so write it as a secret
+    /// reference such as `${env:REDIS_URL}`). Sentinel, Cluster and `rediss://` are not supported yet.
+    pub url: SecretRef,
+    /// Upper bound for one decision, connect included. Default 50ms.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+    /// Key prefix (the first part of every key's hash tag). Default `tollgate`.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_redis_prefix() -> String {
+    "tollgate".to_owned()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -518,4 +804,31 @@ pub enum TlsMode {
     /// L4 tunnel: host allowlist, byte counts, connection limits.
     #[default]
     Passthrough,
+    /// Terminate the client's TLS with a certificate minted by the `tls_intercept` CA and run
+    /// every request inside the tunnel through the full pipeline.
+    Intercept,
+}
+
+/// The interception CA (`tollgate ca init` writes one) and how leaf certificates are minted.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsIntercept {
+    /// Path of the CA certificate (PEM) that clients trust.
+    pub ca_cert: String,
+    /// The CA private key (PEM): a path, `${file:/path}` or `${env:NAME}`.
+    pub ca_key: SecretRef,
+    /// Validity of each minted leaf certificate; it is re-minted when half of it has passed.
+    #[serde(default = "default_leaf_ttl")]
+    pub leaf_ttl: Duration,
+    /// How many minted leaf certificates are kept (one per host); the oldest is dropped beyond it.
+    #[serde(default = "default_leaf_cache")]
+    pub leaf_cache: usize,
+}
+
+fn default_leaf_ttl() -> Duration {
+    Duration::from_millis(24 * 3600 * 1000)
+}
+
+fn default_leaf_cache() -> usize {
+    1000
 }

@@ -132,9 +132,149 @@ impl JsonSchema for SecretRef {
     }
 }
 
+/// A string with embedded secret references, e.g. `Bearer ${env:GITHUB_TOKEN}`:
+/// every `${env:NAME}` / `${file:/path}` is replaced by the secret's value when
+/// the configuration is built ([`SecretTemplate::resolve`]). `Display`,
+/// `Debug` and `Serialize` show the references, never resolved values; a
+/// template without any reference is shown as `<literal>` (it may itself be a
+/// key written inline).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretTemplate {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Text(String),
+    Ref(SecretRef),
+}
+
+impl SecretTemplate {
+    /// The empty string.
+    pub fn empty() -> Self {
+        Self { parts: Vec::new() }
+    }
+
+    /// Parses text with zero or more `${env:NAME}` / `${file:/path}` references.
+    pub fn parse(s: &str) -> Result<Self, SecretError> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(TemplatePart::Text(rest[..start].to_owned()));
+            }
+            let after = &rest[start..];
+            let end = after.find('}').ok_or_else(|| {
+                SecretError::Syntax(
+                    "unterminated ${...}: expected ${env:NAME} or ${file:/path}".to_owned(),
+                )
+            })?;
+            parts.push(TemplatePart::Ref(SecretRef::parse(&after[..=end])?));
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// Whether the template contains at least one secret reference.
+    pub fn has_reference(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, TemplatePart::Ref(_)))
+    }
+
+    /// Reads every referenced secret (now) and returns the filled-in value.
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Ref(r) => out.push_str(r.resolve()?.expose()),
+            }
+        }
+        Ok(Secret(out))
+    }
+}
+
+impl fmt::Display for SecretTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.has_reference() {
+            return f.write_str("<literal>");
+        }
+        for p in &self.parts {
+            match p {
+                TemplatePart::Text(t) => f.write_str(t)?,
+                TemplatePart::Ref(r) => write!(f, "{r}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SecretTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretTemplate({self})")
+    }
+}
+
+impl Serialize for SecretTemplate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretTemplate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for SecretTemplate {
+    fn schema_name() -> Cow<'static, str> {
+        "SecretTemplate".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "Text with secret references, e.g. \"Bearer ${env:TOKEN}\"; each ${env:NAME} or ${file:/path} is replaced by the secret."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_resolve_references_and_never_show_values() {
+        let path = std::env::temp_dir().join(format!("tg-tpl-{}", std::process::id()));
+        std::fs::write(&path, "filesecret\n").unwrap();
+        let t = SecretTemplate::parse(&format!("Bearer ${{file:{}}}!", path.display())).unwrap();
+        assert!(t.has_reference());
+        assert_eq!(t.resolve().unwrap().expose(), "Bearer filesecret!");
+        let shown = format!("{t} {t:?} {}", serde_json::to_string(&t).unwrap());
+        assert!(!shown.contains("filesecret") && shown.contains("Bearer ${file:"));
+        let lit = SecretTemplate::parse("sk-live-123").unwrap();
+        assert_eq!(lit.to_string(), "<literal>");
+        assert_eq!(lit.resolve().unwrap().expose(), "sk-live-123");
+        assert_eq!(
+            SecretTemplate::parse("")
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .expose(),
+            ""
+        );
+        assert!(SecretTemplate::parse("x ${env:A").is_err());
+        assert!(SecretTemplate::parse("${vault:x}").is_err());
+        let missing = SecretTemplate::parse("a ${env:TOLLGATE_TEST_SURELY_UNSET_VAR}").unwrap();
+        assert_eq!(
+            missing.resolve().unwrap_err(),
+            SecretError::EnvMissing("TOLLGATE_TEST_SURELY_UNSET_VAR".into())
+        );
+        let _ = std::fs::remove_file(path);
+    }
 
     #[test]
     fn parses_references() {

@@ -12,7 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
-use crate::model::{Api, Config, Consumer, Identify, LimitAlgorithm};
+use crate::model::{
+    Api, Config, Consumer, Identify, Limit, LimitAlgorithm, LimitScope, parse_utc_offset,
+};
 use crate::source_map::SourceMap;
 
 /// Consumer name given to callers no consumer matches, when `unknown_consumer.action: anonymous`.
@@ -58,6 +60,10 @@ pub fn validate(cfg: &Config, source: &SourceMap) -> Vec<ConfigError> {
     v.limits(cfg);
     v.apis(&cfg.apis);
     v.consumers(&cfg.consumers, &cfg.apis);
+    v.state(cfg);
+    v.traffic(cfg);
+    v.tls_intercept(cfg);
+    v.discovery(&cfg.discovery);
     v.errors
 }
 
@@ -130,6 +136,34 @@ impl Validator<'_> {
         }
     }
 
+    /// `apis[i].tls: intercept` needs the `tls_intercept` CA; `leaf_ttl` between 1h and 397
+    /// days (the longest validity browsers accept) and a cache of at least one leaf.
+    fn tls_intercept(&mut self, cfg: &Config) {
+        if cfg.tls_intercept.is_none() {
+            for (i, api) in cfg.apis.iter().enumerate() {
+                if api.tls == crate::model::TlsMode::Intercept {
+                    self.err(
+                        format!("apis[{i}].tls"),
+                        "`tls: intercept` needs a top-level `tls_intercept` section with the CA (see `tollgate ca init`)",
+                    );
+                }
+            }
+        }
+        let Some(t) = &cfg.tls_intercept else { return };
+        let ttl = t.leaf_ttl.get();
+        if ttl < std::time::Duration::from_secs(3600)
+            || ttl > std::time::Duration::from_secs(397 * 24 * 3600)
+        {
+            self.err("tls_intercept.leaf_ttl", "must be between 1h and 397 days");
+        }
+        if t.leaf_cache == 0 {
+            self.err("tls_intercept.leaf_cache", "must be at least 1");
+        }
+        if t.ca_cert.trim().is_empty() {
+            self.err("tls_intercept.ca_cert", "must name the CA certificate file");
+        }
+    }
+
     fn apis(&mut self, apis: &[Api]) {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut routes: HashMap<&str, usize> = HashMap::new();
@@ -154,6 +188,13 @@ impl Validator<'_> {
                 self.err(format!("{at}.upstream"), m);
             }
             self.api_limits(&at, api);
+            for (k, m) in crate::resilience::problems(
+                api.retry.as_ref(),
+                api.breaker.as_ref(),
+                &api.provider_backoff,
+            ) {
+                self.err(format!("{at}.{k}"), m);
+            }
             let Some(route) = &api.route else { continue };
             if let Some(m) = route_problem(route) {
                 self.err(format!("{at}.route"), m);
@@ -189,8 +230,11 @@ impl Validator<'_> {
             if l.requests == 0 {
                 self.err(format!("{at}.requests"), "must be at least 1");
             }
+            self.limit_window_and_cost(&at, l);
             let per_ms = l.per.get().as_millis();
-            if per_ms == 0 {
+            if l.per.is_month() {
+                // Checked by limit_window_and_cost.
+            } else if per_ms == 0 {
                 self.err(format!("{at}.per"), "must be longer than 0");
             } else if l.algorithm == LimitAlgorithm::Fixed
                 && !matches!(per_ms, 1_000 | 60_000 | 3_600_000 | 86_400_000)
@@ -212,6 +256,133 @@ impl Validator<'_> {
                     self.err(format!("{at}.burst"), "only applies to `algorithm: gcra`");
                 }
             }
+        }
+    }
+
+    /// `per: month` with its `time_zone` and `renewal_day`, and `cost`.
+    fn limit_window_and_cost(&mut self, at: &str, l: &Limit) {
+        if l.per.is_month() && l.algorithm != LimitAlgorithm::Fixed {
+            self.err(
+                format!("{at}.per"),
+                "`per: month` is a calendar window: it needs `algorithm: fixed`",
+            );
+        }
+        if let Some(tz) = &l.time_zone {
+            if !l.per.is_month() {
+                self.err(format!("{at}.time_zone"), "only applies to `per: month`");
+            } else if let Err(m) = parse_utc_offset(tz) {
+                self.err(format!("{at}.time_zone"), m);
+            }
+        }
+        if let Some(d) = l.renewal_day {
+            if !l.per.is_month() {
+                self.err(format!("{at}.renewal_day"), "only applies to `per: month`");
+            } else if !(1..=31).contains(&d) {
+                self.err(format!("{at}.renewal_day"), "must be between 1 and 31");
+            }
+        }
+        if let Some(c) = &l.cost
+            && http::HeaderName::from_bytes(c.header.as_bytes()).is_err()
+        {
+            self.err(format!("{at}.cost.header"), "not a valid header name");
+        }
+    }
+
+    /// `state`: a `scope: global` limit needs `state.redis`; the Redis settings are sane.
+    fn state(&mut self, cfg: &Config) {
+        for (i, api) in cfg.apis.iter().enumerate() {
+            for (j, l) in api.limits.iter().enumerate() {
+                if l.scope == LimitScope::Global && cfg.state.redis.is_none() {
+                    self.err(
+                        format!("apis[{i}].limits[{j}].scope"),
+                        "`scope: global` needs `state.redis` (the shared counter store)",
+                    );
+                }
+            }
+        }
+        if let Some(r) = &cfg.state.redis {
+            if r.timeout.get().is_zero() {
+                self.err("state.redis.timeout", "must be longer than 0");
+            }
+            if r.prefix.is_empty() || r.prefix.contains(['{', '}', ' ']) {
+                self.err(
+                    "state.redis.prefix",
+                    "must be non-empty, without braces or spaces (it becomes part of a hash tag)",
+                );
+            }
+        }
+        if cfg.state.dir.as_deref().is_some_and(str::is_empty) {
+            self.err("state.dir", "must not be empty");
+        }
+    }
+
+    /// Discovery bounds: at least one, and small enough that the table stays a few megabytes.
+    fn discovery(&mut self, d: &crate::Discovery) {
+        for (key, n) in [
+            ("discovery.max_hosts", d.max_hosts),
+            ("discovery.max_endpoints_per_host", d.max_endpoints_per_host),
+        ] {
+            if !(1..=MAX_DISCOVERY_BOUND).contains(&n) {
+                self.err(key, format!("must be between 1 and {MAX_DISCOVERY_BOUND}"));
+            }
+        }
+    }
+
+    /// Limits' `shares`, `borrow`, `default_share` and `on_limit`, and APIs' `concurrency`
+    /// (rules in [`crate::traffic`]).
+    fn traffic(&mut self, cfg: &Config) {
+        let mut consumers: Vec<&str> = cfg.consumers.iter().map(|c| c.name.as_str()).collect();
+        if cfg.unknown_consumer.action == crate::UnknownConsumerAction::Anonymous {
+            consumers.push(ANONYMOUS_CONSUMER);
+        }
+        for (i, api) in cfg.apis.iter().enumerate() {
+            for (j, l) in api.limits.iter().enumerate() {
+                for (k, m) in crate::traffic::limit_problems(l, &consumers) {
+                    self.err(format!("apis[{i}].limits[{j}].{k}"), m);
+                }
+            }
+            if let Some(c) = &api.concurrency {
+                for (k, m) in crate::traffic::concurrency_problems(c) {
+                    self.err(format!("apis[{i}].{k}"), m);
+                }
+            }
+            self.dlp(
+                &format!("apis[{i}]"),
+                api.dlp.as_ref(),
+                api.body_limits.as_ref(),
+            );
+            if let Some(c) = &api.cache {
+                for (k, m) in crate::cache::problems(c) {
+                    self.err(format!("apis[{i}].cache.{k}"), m);
+                }
+            }
+        }
+        for (k, m) in crate::cache::global_problems(&cfg.cache) {
+            self.err(format!("cache.{k}"), m);
+        }
+        for (i, c) in cfg.consumers.iter().enumerate() {
+            self.dlp(
+                &format!("consumers[{i}]"),
+                c.dlp.as_ref(),
+                c.body_limits.as_ref(),
+            );
+        }
+    }
+
+    /// `dlp` and `body_limits` of an API or consumer (rules in [`crate::dlp`]).
+    fn dlp(
+        &mut self,
+        at: &str,
+        dlp: Option<&crate::dlp::Dlp>,
+        limits: Option<&crate::dlp::BodyLimits>,
+    ) {
+        let problems = dlp
+            .map(crate::dlp::problems)
+            .into_iter()
+            .chain(limits.map(crate::dlp::limit_problems))
+            .flatten();
+        for (k, m) in problems {
+            self.err(format!("{at}.{k}"), m);
         }
     }
 
@@ -296,6 +467,9 @@ impl Validator<'_> {
         }
     }
 }
+
+/// Largest `discovery.max_hosts` / `max_endpoints_per_host` (each endpoint is a few hundred bytes).
+const MAX_DISCOVERY_BOUND: usize = 10_000;
 
 fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {

@@ -329,3 +329,70 @@ fn limits_are_checked() {
         assert!(got[0].0.starts_with("apis[0].limits[0]"), "{bad}: {got:?}");
     }
 }
+
+#[test]
+fn shared_state_month_windows_and_cost_are_checked() {
+    let src = api("    limits:
+      - { name: g, requests: 5, per: 1h, scope: global }
+      - { name: m, requests: 5, per: month, algorithm: sliding }
+      - { name: tz, requests: 5, per: month, time_zone: \"+25:00\", renewal_day: 32 }
+      - { name: misplaced, requests: 5, per: 1d, time_zone: \"+02:00\", renewal_day: 3 }
+      - { name: c, requests: 5, per: 1d, cost: { header: \"bad header\" } }
+      - { name: ok, requests: 5, per: month, time_zone: \"-05:30\", renewal_day: 31, on_store_failure: closed, cost: { header: x-weight } }
+");
+    let got = paths(&src);
+    assert_eq!(
+        got,
+        [
+            "apis[0].limits[0].scope",
+            "apis[0].limits[1].per",
+            "apis[0].limits[2].time_zone",
+            "apis[0].limits[2].renewal_day",
+            "apis[0].limits[3].time_zone",
+            "apis[0].limits[3].renewal_day",
+            "apis[0].limits[4].cost.header",
+        ]
+    );
+    let with_redis = format!(
+        "state:\n  dir: /tmp/x\n  redis: {{ url: \"${{env:REDIS_URL}}\", prefix: \"a{{b}}\", timeout: 0s }}\n{}",
+        api("    limits: [{ name: g, requests: 5, per: 1h, scope: global }]\n")
+    );
+    assert_eq!(
+        paths(&with_redis),
+        ["state.redis.prefix", "state.redis.timeout"]
+    );
+    let valid = with_redis.replace("a{b}", "tg").replace("0s", "20ms");
+    let loaded = load_str(&valid, "s.yaml").unwrap().config;
+    let r = loaded.state.redis.unwrap();
+    assert_eq!(r.url.to_string(), "${env:REDIS_URL}");
+    assert_eq!((r.prefix.as_str(), r.timeout.get().as_millis()), ("tg", 20));
+    assert_eq!(loaded.state.dir.as_deref(), Some("/tmp/x"));
+    assert_eq!(loaded.apis[0].limits[0].scope, LimitScope::Global);
+
+    for (tz, want) in [
+        ("+02:00", Ok(120)),
+        ("-0530", Ok(-330)),
+        ("Z", Ok(0)),
+        ("+2", Ok(120)),
+        ("02:00", Err(())),
+        ("+1:75", Err(())),
+    ] {
+        assert_eq!(parse_utc_offset(tz).map_err(|_| ()), want, "{tz}");
+    }
+}
+
+#[test]
+fn discovery_bounds_are_checked() {
+    let loaded = load_str("", "d.yaml").unwrap().config;
+    assert_eq!(loaded.discovery, crate::Discovery::default());
+    assert!(loaded.discovery.enabled);
+    assert_eq!(
+        paths("discovery: { max_hosts: 0, max_endpoints_per_host: 10001 }"),
+        ["discovery.max_hosts", "discovery.max_endpoints_per_host"]
+    );
+    assert!(
+        paths("discovery: { enabled: false, max_hosts: 5, max_endpoints_per_host: 10000 }")
+            .is_empty()
+    );
+    assert_eq!(paths("discovery: { max_host: 5 }"), ["discovery.max_host"]);
+}

@@ -35,6 +35,14 @@ pub enum ErrorCode {
     PortNotAllowed,
     DestinationBlocked,
     RateLimited,
+    ConcurrencyLimited,
+    LimitStoreUnavailable,
+    CircuitOpen,
+    ProviderBackoff,
+    CredentialUnavailable,
+    DlpBlocked,
+    RequestTooLarge,
+    ResponseTooLarge,
     RouteNotFound,
     DnsFailure,
     UpstreamConnectFailed,
@@ -46,7 +54,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::BadRequest,
         Self::AmbiguousFraming,
         Self::HeadersTooLarge,
@@ -58,6 +66,14 @@ impl ErrorCode {
         Self::PortNotAllowed,
         Self::DestinationBlocked,
         Self::RateLimited,
+        Self::ConcurrencyLimited,
+        Self::LimitStoreUnavailable,
+        Self::CircuitOpen,
+        Self::ProviderBackoff,
+        Self::CredentialUnavailable,
+        Self::DlpBlocked,
+        Self::RequestTooLarge,
+        Self::ResponseTooLarge,
         Self::RouteNotFound,
         Self::DnsFailure,
         Self::UpstreamConnectFailed,
@@ -82,6 +98,14 @@ impl ErrorCode {
             Self::PortNotAllowed => "port_not_allowed",
             Self::DestinationBlocked => "destination_blocked",
             Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
+            Self::LimitStoreUnavailable => "limit_store_unavailable",
+            Self::CircuitOpen => "circuit_open",
+            Self::ProviderBackoff => "provider_backoff",
+            Self::CredentialUnavailable => "credential_unavailable",
+            Self::DlpBlocked => "dlp_blocked",
+            Self::RequestTooLarge => "request_too_large",
+            Self::ResponseTooLarge => "response_too_large",
             Self::RouteNotFound => "route_not_found",
             Self::DnsFailure => "dns_failure",
             Self::UpstreamConnectFailed => "upstream_connect_failed",
@@ -101,15 +125,19 @@ impl ErrorCode {
             Self::HeadersTooLarge => 431,
             Self::ConsumerUnidentified => match kind {
                 TrafficKind::Route => 401,
-                TrafficKind::Forward | TrafficKind::Connect => 407,
+                TrafficKind::Forward | TrafficKind::Connect | TrafficKind::Intercept => 407,
             },
             Self::ConsumerNotAllowed
             | Self::DestinationNotAllowed
             | Self::EndpointNotAllowed
             | Self::EmergencyStop
             | Self::PortNotAllowed
-            | Self::DestinationBlocked => 403,
-            Self::RateLimited => 429,
+            | Self::DestinationBlocked
+            | Self::DlpBlocked => 403,
+            Self::RequestTooLarge => 413,
+            Self::ResponseTooLarge => 502,
+            Self::RateLimited | Self::ConcurrencyLimited | Self::ProviderBackoff => 429,
+            Self::CircuitOpen | Self::LimitStoreUnavailable | Self::CredentialUnavailable => 503,
             Self::RouteNotFound => 404,
             Self::DnsFailure
             | Self::UpstreamConnectFailed
@@ -135,6 +163,14 @@ impl ErrorCode {
             Self::PortNotAllowed => "Port not allowed for CONNECT",
             Self::DestinationBlocked => "Destination address blocked by the network guard",
             Self::RateLimited => "Rate limit exceeded",
+            Self::ConcurrencyLimited => "Too many requests in flight",
+            Self::LimitStoreUnavailable => "Shared rate-limit store unavailable",
+            Self::CircuitOpen => "Circuit breaker open: the upstream keeps failing",
+            Self::ProviderBackoff => "The provider's own rate limit is exhausted",
+            Self::CredentialUnavailable => "Credentials for the upstream could not be obtained",
+            Self::DlpBlocked => "Sensitive data blocked by data-loss protection",
+            Self::RequestTooLarge => "Request body larger than the API allows",
+            Self::ResponseTooLarge => "Upstream response larger than the API allows",
             Self::RouteNotFound => "No route matches this path",
             Self::DnsFailure => "Upstream host name could not be resolved",
             Self::UpstreamConnectFailed => "Could not connect to the upstream",
@@ -159,13 +195,20 @@ impl ErrorCode {
             | Self::EmergencyStop
             | Self::PortNotAllowed
             | Self::DestinationBlocked
-            | Self::RateLimited => Fault::Policy,
+            | Self::RateLimited
+            | Self::ConcurrencyLimited
+            | Self::DlpBlocked
+            | Self::RequestTooLarge
+            | Self::ResponseTooLarge => Fault::Policy,
             Self::DnsFailure
             | Self::UpstreamConnectFailed
             | Self::UpstreamTlsFailed
             | Self::UpstreamTimeout
-            | Self::UpstreamProtocolError => Fault::Upstream,
-            Self::ShuttingDown | Self::Internal => Fault::Gateway,
+            | Self::UpstreamProtocolError
+            | Self::CircuitOpen
+            | Self::ProviderBackoff
+            | Self::CredentialUnavailable => Fault::Upstream,
+            Self::ShuttingDown | Self::Internal | Self::LimitStoreUnavailable => Fault::Gateway,
         }
     }
 
@@ -178,6 +221,10 @@ impl ErrorCode {
                 | Self::UpstreamConnectFailed
                 | Self::UpstreamTlsFailed
                 | Self::ShuttingDown
+                | Self::LimitStoreUnavailable
+                | Self::CircuitOpen
+                | Self::ProviderBackoff
+                | Self::CredentialUnavailable
         )
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::error::GatewayError;
 use crate::request::Target;
-use crate::stage::limits::LimitOutcome;
+use crate::stage::limits::LimitPlan;
 
 /// What the proxy should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +66,9 @@ pub struct Evaluation {
     /// never reaches the upstream. Otherwise `Authorization` is the client's
     /// own and passes through.
     pub strip_authorization: bool,
-    /// The limits stage's decisions, when the API has limits and the request
-    /// reached that stage (for `RateLimit` headers and metrics).
-    pub limits: Option<LimitOutcome>,
+    /// The limits to charge, when the API has limits and the request was
+    /// allowed by every earlier stage (the proxy's admission step charges them).
+    pub limit_plan: Option<LimitPlan>,
 }
 
 impl Evaluation {

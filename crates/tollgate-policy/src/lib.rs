@@ -18,6 +18,12 @@ pub use error::{ErrorCode, Fault, GatewayError};
 pub use evaluation::{Evaluation, Outcome, TraceStep, Verdict};
 pub use pipeline::{PathError, Policy};
 pub use request::{RequestInfo, Scheme, Target, TrafficKind};
-pub use stage::limits::{LimitOutcome, LimitResult};
+pub use stage::credentials::{ApiCredentials, CredentialKey, OAuth2Spec};
+pub use stage::dlp;
+pub use stage::dlp::{BodyKind, DlpProfile, DlpRef, Finding, Oversize, Scan};
+pub use stage::headers::{CompiledOps, CompiledRules, HeaderVars};
+pub use stage::limits::{
+    LimitInfo, LimitOutcome, LimitPlan, LimitResult, LimitVerdict, PlannedLimit,
+};
 pub use switches::{SwitchState, Switches};
-pub use tollgate_state::{Decision, LocalStore};
+pub use tollgate_state::{Decision, LimitRequest, LocalStore};

@@ -1,9 +1,10 @@
 //! The compiled policy and the fixed order of stages:
 //! identify → resolve → access → limits (see `stage/`).
 //!
-//! The limits stage needs the counter store, which lives outside the policy
-//! (on the proxy's gateway) so a reload keeps the counts; it runs only from
-//! [`Policy::evaluate_limited`].
+//! The limits stage only plans: it returns the [`crate::LimitPlan`] of the
+//! request (keys, costs, scopes) in [`Evaluation::limit_plan`], and the
+//! proxy's admission step charges it against the counters, which live outside
+//! the policy (on the gateway) so a reload keeps the counts.
 //!
 //! Report mode is decided here, once per request: refusals by the identify
 //! and access stages are only recorded (not enforced) when the config has
@@ -16,13 +17,15 @@
 use std::sync::Arc;
 
 use tollgate_config::{Config, Mode};
-use tollgate_state::LocalStore;
 
 use crate::error::GatewayError;
-use crate::evaluation::{Evaluation, Outcome, Verdict};
-use crate::request::RequestInfo;
+use crate::evaluation::{Evaluation, Outcome, TraceStep, Verdict};
+use crate::request::{RequestInfo, TrafficKind};
 use crate::stage::Ctx;
 use crate::stage::access::Access;
+use crate::stage::credentials::{ApiCredentials, CredentialStage};
+use crate::stage::dlp::{DlpRef, DlpStage};
+use crate::stage::headers::{CompiledRules, HeaderStage};
 use crate::stage::identify::{Identifier, Identity, Via};
 use crate::stage::limits::{Limits, Who};
 use crate::stage::resolve::Resolver;
@@ -50,6 +53,9 @@ pub struct Policy {
     resolve: Resolver,
     access: Access,
     limits: Limits,
+    credentials: CredentialStage,
+    headers: HeaderStage,
+    dlp: DlpStage,
 }
 
 /// Who is calling, before the identify stage's decision is applied.
@@ -69,6 +75,9 @@ impl Policy {
         let identify = Identifier::compile(&config, &mut errs);
         let resolve = Resolver::compile(&config, &mut errs);
         let limits = Limits::compile(&config, &mut errs);
+        let credentials = CredentialStage::compile(&config, &mut errs);
+        let headers = HeaderStage::compile(&config, &mut errs);
+        let dlp = DlpStage::compile(&config, &mut errs);
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -79,7 +88,115 @@ impl Policy {
             resolve,
             access,
             limits,
+            credentials,
+            headers,
+            dlp,
         })
+    }
+
+    /// The data-loss protection profile for a request of `api` by `consumer` (the
+    /// consumer's `dlp` replaces the API's), with the API's report mode.
+    pub fn dlp(&self, api: &str, consumer: Option<&str>) -> Option<DlpRef<'_>> {
+        self.dlp.profile(api, consumer)
+    }
+
+    /// Body size limits for a request of `api` by `consumer`: the stricter of both.
+    pub fn body_limits(
+        &self,
+        api: &str,
+        consumer: Option<&str>,
+    ) -> Option<tollgate_config::BodyLimits> {
+        self.dlp.limits(api, consumer)
+    }
+
+    /// The credentials injected for `api` (by name), if it has any.
+    pub fn credentials(&self, api: &str) -> Option<&ApiCredentials> {
+        self.credentials.get(api)
+    }
+
+    /// Every API with credentials (for the proxy's OAuth token cache).
+    pub fn all_credentials(&self) -> impl Iterator<Item = (&Arc<str>, &ApiCredentials)> {
+        self.credentials.iter()
+    }
+
+    /// Provider back-off per key: leave key `key` of `api` out of rotation
+    /// until `until` while another key is available. False if there is no
+    /// such API or key.
+    pub fn skip_key(&self, api: &str, key: &str, until: std::time::Instant) -> bool {
+        self.credentials
+            .get(api)
+            .is_some_and(|c| c.skip_key(key, until))
+    }
+
+    /// Header rules for a request of `api` by `consumer`, in the order they
+    /// apply: the API's, then the consumer's.
+    pub fn header_rules(
+        &self,
+        api: Option<&str>,
+        consumer: Option<&str>,
+    ) -> impl Iterator<Item = &CompiledRules> {
+        self.headers.rules(api, consumer)
+    }
+
+    /// Trace lines for what would be done to an allowed request on its way
+    /// upstream and back (header rules, credentials), for `tollgate explain`.
+    /// Secret values are never included; nothing is counted or rotated. A
+    /// CONNECT tunnel is opaque: nothing applies to it.
+    pub fn describe_outbound(&self, eval: &Evaluation, kind: TrafficKind) -> Vec<TraceStep> {
+        let mut out = Vec::new();
+        if !matches!(eval.outcome, Outcome::Allow) || kind == TrafficKind::Connect {
+            return out;
+        }
+        let api = eval.api.as_deref();
+        let consumer = eval.consumer.as_deref();
+        if let Some(a) = api {
+            for (stage, reason) in self.dlp.describe(a, consumer) {
+                out.push(TraceStep {
+                    stage,
+                    verdict: Verdict::Continue,
+                    reason,
+                });
+            }
+        }
+        for (who, rules) in [
+            (
+                api.map(|a| format!("API {a:?}")),
+                api.and_then(|a| self.headers.api(a)),
+            ),
+            (
+                consumer.map(|c| format!("consumer {c:?}")),
+                consumer.and_then(|c| self.headers.consumer(c)),
+            ),
+        ] {
+            let (Some(who), Some(rules)) = (who, rules) else {
+                continue;
+            };
+            for (dir, ops) in [("request", &rules.request), ("response", &rules.response)] {
+                for line in ops.describe() {
+                    out.push(TraceStep {
+                        stage: "headers",
+                        verdict: Verdict::Continue,
+                        reason: format!("{who} {dir}: {line}"),
+                    });
+                }
+            }
+        }
+        if let Some(c) = api.and_then(|a| self.credentials.get(a)) {
+            let keys = c.describe();
+            let rotation = if keys.len() > 1 {
+                format!(" ({} of {})", c.rotation(), keys.len())
+            } else {
+                String::new()
+            };
+            for line in keys {
+                out.push(TraceStep {
+                    stage: "credentials",
+                    verdict: Verdict::Continue,
+                    reason: format!("inject {line}{rotation}"),
+                });
+            }
+        }
+        out
     }
 
     pub fn config(&self) -> &Config {
@@ -103,6 +220,11 @@ impl Policy {
         self.access.apis.iter().map(|a| &*a.name)
     }
 
+    /// Every limit of every API, in config order (for the admin API's listing).
+    pub fn limit_catalog(&self) -> Vec<crate::LimitInfo> {
+        self.limits.catalog(&self.config)
+    }
+
     /// Consumer names in config order, then `anonymous` if it is not configured.
     pub fn consumer_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.access.consumers.iter().map(|c| &*c.name)
@@ -110,33 +232,13 @@ impl Policy {
 
     /// Runs the pipeline over one request. With `trace`, every stage adds a
     /// human-readable [`crate::TraceStep`]; without, no trace strings are built.
-    /// Rate limits are not checked (no counter store is given): see
-    /// [`Self::evaluate_limited`].
+    /// Rate limits are planned, not charged: an allowed request to an API with
+    /// `limits` carries [`Evaluation::limit_plan`] for the admission step.
     pub fn evaluate(&self, req: &RequestInfo<'_>, switches: &Switches, trace: bool) -> Evaluation {
         self.run(
             req,
             Caller::Found(self.identify.identify(req)),
             switches,
-            None,
-            trace,
-        )
-    }
-
-    /// Like [`Self::evaluate`], then the limits stage: an allowed request to
-    /// an API with `limits` is counted in `store` (and refused with
-    /// `rate_limited` when over a limit).
-    pub fn evaluate_limited(
-        &self,
-        req: &RequestInfo<'_>,
-        switches: &Switches,
-        store: &LocalStore,
-        trace: bool,
-    ) -> Evaluation {
-        self.run(
-            req,
-            Caller::Found(self.identify.identify(req)),
-            switches,
-            Some(store),
             trace,
         )
     }
@@ -153,7 +255,7 @@ impl Policy {
         trace: bool,
     ) -> Option<Evaluation> {
         let index = self.access.consumer_index(consumer)?;
-        Some(self.run(req, Caller::Given(index), switches, None, trace))
+        Some(self.run(req, Caller::Given(index), switches, trace))
     }
 
     fn run(
@@ -161,7 +263,6 @@ impl Policy {
         req: &RequestInfo<'_>,
         caller: Caller,
         switches: &Switches,
-        store: Option<&LocalStore>,
         trace: bool,
     ) -> Evaluation {
         let mut ctx = Ctx::new(trace);
@@ -179,7 +280,7 @@ impl Policy {
             reported: Vec::new(),
             trace: Vec::new(),
             strip_authorization: false,
-            limits: None,
+            limit_plan: None,
         };
 
         // 1. identify
@@ -247,19 +348,9 @@ impl Policy {
         let (Some(api), Some(api_name)) = (api_index, eval.api.clone()) else {
             return finish(eval, ctx, None);
         };
-        let Some(store) = store else {
-            if self
-                .config
-                .apis
-                .get(api)
-                .is_some_and(|a| !a.limits.is_empty())
-            {
-                ctx.step("limits", Verdict::Skip, || {
-                    format!("limits of API {api_name:?} not checked (that would spend quota)")
-                });
-            }
+        if !self.limits.has_limits(api) {
             return finish(eval, ctx, None);
-        };
+        }
         let consumer_name = eval.consumer.clone().unwrap_or_else(|| Arc::from(""));
         let who = Who {
             api,
@@ -267,11 +358,11 @@ impl Policy {
             consumer: &consumer_name,
             rule,
         };
-        let Some((outcome, verdict)) = self.limits.check(&mut ctx, req, who, store) else {
-            return finish(eval, ctx, None);
-        };
-        eval.limits = Some(outcome);
-        finish(eval, ctx, verdict.err())
+        if let Err(e) = self.limits.check_shares(&mut ctx, &who) {
+            return finish(eval, ctx, Some(e));
+        }
+        eval.limit_plan = self.limits.plan(&mut ctx, req, who);
+        finish(eval, ctx, None)
     }
 }
 

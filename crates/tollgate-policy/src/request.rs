@@ -13,6 +13,9 @@ pub enum TrafficKind {
     Connect,
     /// Origin-form request to a configured route prefix.
     Route,
+    /// A request inside an intercepted CONNECT tunnel (`tls: intercept`); the
+    /// pipeline treats it as a forward-proxy request to `https://<connect host>`.
+    Intercept,
 }
 
 impl TrafficKind {
@@ -21,6 +24,7 @@ impl TrafficKind {
             Self::Forward => "forward",
             Self::Connect => "connect",
             Self::Route => "route",
+            Self::Intercept => "intercept",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The admin listener: Prometheus metrics, health and readiness probes,
-//! configuration reload and status, and the emergency switches.
+//! configuration reload and status, the emergency switches, and the live
+//! rate-limit counters (`/admin/limits`, see `admin_limits.rs`), and the
+//! endpoints traffic reached (`/admin/discovery`, see `discovery.rs`).
 //!
 //! It binds to loopback by default. When `admin.token` is configured every
 //! endpoint except `/healthz` and `/readyz` requires `Authorization: Bearer
@@ -35,6 +37,9 @@ pub fn router(gateway: Arc<Gateway>, reloader: Arc<Reloader>) -> Router {
         .route("/admin/reload", post(reload))
         .route("/admin/config", get(config_status))
         .route("/admin/switches", get(switches))
+        .route("/admin/limits", get(limits))
+        .route("/admin/cache/purge", post(cache_purge))
+        .route("/admin/discovery", get(discovery))
         .route(
             "/admin/switches/deny-all",
             put(deny_all_on).delete(deny_all_off),
@@ -247,6 +252,70 @@ async fn consumer_off(State(st): State<AdminState>, Path(Name { name }): Path<Na
 async fn consumer_on(State(st): State<AdminState>, Path(Name { name }): Path<Name>) -> Response {
     st.gateway.switches.set_consumer(&name, false);
     switched(&st, "consumer", &name, false)
+}
+
+async fn limits(State(st): State<AdminState>) -> Response {
+    json(
+        StatusCode::OK,
+        crate::admin_limits::snapshot(&st.gateway).await,
+    )
+}
+
+/// The endpoints traffic reached (`discovery.rs`), for `tollgate discover`.
+async fn discovery(State(st): State<AdminState>) -> Response {
+    let active = st.gateway.active.load();
+    json(
+        StatusCode::OK,
+        st.gateway
+            .discovery
+            .snapshot(&active.policy.config().discovery),
+    )
+}
+
+/// `POST /admin/cache/purge` with `{"api": "<name>"}` (every stored response of the API)
+/// or `{"api": "<name>", "url": "<upstream URL>"}` (that URL's, every variant and consumer).
+async fn cache_purge(State(st): State<AdminState>, body: axum::body::Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Purge {
+        api: String,
+        #[serde(default)]
+        url: Option<String>,
+    }
+    let req: Purge = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"api\": name, \"url\"?: upstream URL}}: {e}"),
+            );
+        }
+    };
+    let active = st.gateway.active.load();
+    if !active.policy.api_names().any(|n| n == req.api) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown_api",
+            format!("no API named {:?} in the current configuration", req.api),
+        );
+    }
+    drop(active);
+    let (_, before) = st.gateway.cache.size();
+    st.gateway.cache.purge(&req.api, req.url.as_deref());
+    let (bytes, after) = st.gateway.cache.size();
+    tracing::info!(cache.api = %req.api, cache.url = req.url.as_deref().unwrap_or("*"), "cache purged");
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "purged",
+            "api": req.api,
+            "url": req.url,
+            "removed": before.saturating_sub(after),
+            "entries": after,
+            "bytes": bytes,
+        }),
+    )
 }
 
 async fn not_found() -> Response {

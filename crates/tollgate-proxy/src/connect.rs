@@ -114,20 +114,20 @@ where
     (client.read_bytes(), upstream.read_bytes())
 }
 
-/// When bytes last moved in either direction.
-struct Activity {
+/// When bytes last moved in either direction (also used by intercept.rs).
+pub(crate) struct Activity {
     origin: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.origin.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
@@ -135,7 +135,7 @@ impl Activity {
         self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
     /// Resolves once nothing has moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
             let deadline = self.last() + idle;
             if Instant::now() >= deadline {

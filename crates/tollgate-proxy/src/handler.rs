@@ -18,15 +18,14 @@ use http::header::{CONNECTION, HOST, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tollgate_policy::{
-    ErrorCode, Fault, GatewayError, Outcome, RequestInfo, Scheme, Target, TrafficKind,
+    ErrorCode, Fault, GatewayError, LimitVerdict, Outcome, RequestInfo, Scheme, Target, TrafficKind,
 };
 
-use crate::body::{BodyStats, ProxyBody, RequestBody};
-use crate::dns::ResolveError;
-use crate::observe::{BytesIn, Completion, count_connect_error};
-use crate::respond::{connect_error_in, error_response, upstream_failure};
+use crate::body::{BodyStats, ProxyBody};
+use crate::observe::{BytesIn, Completion};
+use crate::respond::error_response;
 use crate::state::{Active, Gateway, X_REQUEST_ID};
-use crate::upstream::{ConnectError, UpstreamAddr, bare_host};
+use crate::upstream::{UpstreamAddr, bare_host};
 use crate::{connect, hop, limit_headers, request_id};
 
 /// Per-connection facts the handler needs.
@@ -36,6 +35,9 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     /// Framing verdicts from the connection's [`crate::framing::Sniffer`].
     pub framing: Arc<crate::framing::Verdicts>,
+    /// Set on the decrypted connection inside an intercepted CONNECT tunnel
+    /// (intercept.rs): every request goes to the tunnel's host.
+    pub tunnel: Option<Arc<crate::intercept::Tunnel>>,
 }
 
 /// How the client named the destination.
@@ -55,8 +57,21 @@ fn bad_request(detail: &'static str) -> GatewayError {
 fn classify<'a>(
     parts: &'a http::request::Parts,
     local: SocketAddr,
+    tunnel: Option<&'a crate::intercept::Tunnel>,
 ) -> Result<Dest<'a>, GatewayError> {
     let uri = &parts.uri;
+    // Inside an intercepted tunnel the destination is the CONNECT's, whatever
+    // the request says (intercept::prepare refused a disagreeing Host).
+    if let Some(t) = tunnel {
+        return Ok(Dest {
+            kind: TrafficKind::Intercept,
+            scheme: Scheme::Https,
+            host: &t.host,
+            port: t.port,
+            path: uri.path(),
+            query: uri.query(),
+        });
+    }
     if parts.method == Method::CONNECT {
         let auth = uri
             .authority()
@@ -129,7 +144,11 @@ pub async fn handle(
     let request_id = request_id::request_id(&parts.headers, &X_REQUEST_ID);
     let http1 = parts.version < Version::HTTP_2;
 
-    let dest = classify(&parts, ctx.local);
+    let tunnel_check = match &ctx.tunnel {
+        Some(t) => crate::intercept::prepare(&mut parts, t),
+        None => Ok(()),
+    };
+    let dest = classify(&parts, ctx.local, ctx.tunnel.as_deref());
     let kind = dest.as_ref().map_or(TrafficKind::Forward, |d| d.kind);
     let mut done = Completion {
         gateway: ctx.gateway.clone(),
@@ -156,6 +175,12 @@ pub async fn handle(
         bytes_in: BytesIn::Fixed(0),
         upstream_duration: None,
         upstream_addr: None,
+        attempts: 0,
+        credential: None,
+        concurrency: None,
+        dlp: None,
+        provider_limits: None,
+        cache: None,
     };
     if kind == TrafficKind::Connect {
         done.path.clear();
@@ -164,6 +189,9 @@ pub async fn handle(
         Ok(d) => d,
         Err(e) => return Ok(deny(done, &e)),
     };
+    if let Err(e) = tunnel_check {
+        return Ok(deny(done, &e));
+    }
     if ctx.gateway.shutdown.is_triggered() {
         return Ok(deny(
             done,
@@ -198,16 +226,101 @@ pub async fn handle(
         headers: &parts.headers,
         peer: ctx.peer.ip(),
     };
-    let mut eval =
-        active
-            .policy
-            .evaluate_limited(&info, &ctx.gateway.switches, &ctx.gateway.limits, false);
-    let limits = eval.limits.take();
-    if let (Some(o), Some(api)) = (&limits, &eval.api) {
-        for r in &o.results {
-            // A refused request charged no limit: only the refusing ones are counted.
-            if o.admitted || r.limited {
-                ctx.gateway.metrics.limit_decision(api, &r.name, r.limited);
+    let mut eval = active.policy.evaluate(&info, &ctx.gateway.switches, false);
+    // Response cache (cache.rs): after access and policy, before the breaker, back-off and
+    // admission, so a hit consumes no rate-limit quota and never reaches the upstream.
+    let mut cache = None;
+    if kind != TrafficKind::Connect && matches!(eval.outcome, Outcome::Allow) {
+        let head = parts.method == Method::HEAD;
+        match crate::cache::lookup(&ctx.gateway, &active, &eval, &parts).await {
+            None => {}
+            Some(crate::cache::Begin::Forward(p)) => cache = Some(p),
+            Some(crate::cache::Begin::Hit(hit)) => {
+                done.consumer = eval.consumer.clone();
+                done.api = eval.api.clone();
+                done.decision = eval.decision();
+                return Ok(crate::cache::serve(done, hit, head));
+            }
+            Some(crate::cache::Begin::Refresh(hit, p)) => {
+                done.consumer = eval.consumer.clone();
+                done.api = eval.api.clone();
+                done.decision = eval.decision();
+                // Served stale now; this request goes on upstream in the background to
+                // refresh the entry (stale-while-revalidate; it takes no limit quota).
+                if let Some(target) = eval.target.take() {
+                    let dest = Forwarding {
+                        target,
+                        strip_authorization: eval.strip_authorization,
+                        limits: None,
+                        resilience: None,
+                        permit: None,
+                        cache: Some(p),
+                    };
+                    let refresh = crate::cache::detached(&done);
+                    let run = (
+                        ctx.gateway.clone(),
+                        active.clone(),
+                        parts,
+                        body,
+                        dest,
+                        http1,
+                    );
+                    spawn_refresh(run, refresh);
+                }
+                return Ok(crate::cache::serve(done, hit, head));
+            }
+        }
+    }
+    // Circuit breaker and provider back-off come before admission, so a request
+    // they refuse consumes no rate-limit quota (resilience.rs).
+    let mut resilience = None;
+    let mut permit = None;
+    if kind != TrafficKind::Connect
+        && matches!(eval.outcome, Outcome::Allow)
+        && let Some(api) = &eval.api
+        && let Some(r) = ctx.gateway.resilience.get(api, &active.policy)
+    {
+        match r.admit() {
+            Ok(p) => permit = p,
+            Err(refusal) if r.report => eval.reported.push(refusal.error),
+            Err(refusal) => {
+                done.consumer = eval.consumer.clone();
+                done.api = eval.api.clone();
+                return Ok(refuse(done, &refusal));
+            }
+        }
+        resilience = Some(r);
+    }
+    // Admission: the rate limits the policy planned (only for requests it allowed), waiting
+    // where they queue; then a concurrency slot, so a request waiting for quota holds no slot.
+    let mut limits = None;
+    if let (Outcome::Allow, Some(plan)) = (&eval.outcome, eval.limit_plan.take()) {
+        let consumer = eval.consumer.as_deref().unwrap_or("");
+        let admitted =
+            crate::waiting::admit_or_wait(&ctx.gateway, active.policy.config(), &plan, consumer)
+                .await;
+        limits = admitted.outcome;
+        match admitted.verdict {
+            LimitVerdict::Admitted => {}
+            LimitVerdict::Reported(e) => eval.reported.push(e),
+            LimitVerdict::Refused(e) => eval.outcome = Outcome::Deny(e),
+        }
+    }
+    if matches!(eval.outcome, Outcome::Allow)
+        && let Some(api) = &eval.api
+    {
+        let consumer = eval.consumer.as_deref().unwrap_or("");
+        let cfg = active.policy.config();
+        match crate::waiting::acquire_slot(&ctx.gateway, cfg, api, consumer).await {
+            Ok(slot) => done.concurrency = slot,
+            Err(r) if r.report => eval.reported.push(r.error),
+            Err(r) => {
+                done.consumer = eval.consumer.clone();
+                done.api = eval.api.clone();
+                let mut resp = deny(done, &r.error);
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(1u32));
+                return Ok(resp);
             }
         }
     }
@@ -231,7 +344,17 @@ pub async fn handle(
 
     if kind == TrafficKind::Connect {
         let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-        let mut resp = connect::open(&ctx, &active, &target, on_upgrade, done).await;
+        let mut resp = match crate::intercept::for_api(&active, done.api.as_deref()) {
+            Some(interceptor) => {
+                let auth = parts
+                    .headers
+                    .get(http::header::PROXY_AUTHORIZATION)
+                    .cloned();
+                crate::intercept::open(&ctx, &active, interceptor, &target, auth, on_upgrade, done)
+                    .await
+            }
+            None => connect::open(&ctx, &active, &target, on_upgrade, done).await,
+        };
         if let Some(o) = &limits
             && resp.status() == http::StatusCode::OK
         {
@@ -243,8 +366,43 @@ pub async fn handle(
         target,
         strip_authorization: eval.strip_authorization,
         limits,
+        resilience,
+        permit,
+        cache,
     };
     Ok(forward(&ctx.gateway, &active, parts, body, dest, http1, done).await)
+}
+
+/// Forwards a request in the background to refresh a stale cache entry (its
+/// response is read to the end so the cache stores it). A plain function, so the
+/// spawned future is not part of `handle`'s.
+fn spawn_refresh(
+    run: (
+        Arc<Gateway>,
+        Arc<Active>,
+        http::request::Parts,
+        Incoming,
+        Forwarding,
+        bool,
+    ),
+    done: Completion,
+) {
+    let (gw, active, parts, body, dest, http1) = run;
+    tokio::spawn(async move {
+        let resp = forward(&gw, &active, parts, body, dest, http1, done).await;
+        crate::cache::drain(resp).await;
+    });
+}
+
+/// A refusal by the circuit breaker or a provider back-off: the gateway error
+/// plus `Retry-After`; nothing was sent upstream.
+fn refuse(done: Completion, r: &crate::resilience::Refusal) -> Response<ProxyBody> {
+    let mut resp = deny(done, &r.error);
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(crate::backoff::retry_after_secs(r.retry_after)),
+    );
+    resp
 }
 
 /// Renders a gateway error and logs it (the one path for every refusal).
@@ -285,6 +443,11 @@ struct Forwarding {
     strip_authorization: bool,
     /// Rate-limit decisions whose fields go on the upstream's response.
     limits: Option<tollgate_policy::LimitOutcome>,
+    /// The API's breaker / back-off / retry state, and the breaker's leave for the first attempt.
+    resilience: Option<Arc<crate::resilience::ApiResilience>>,
+    permit: Option<crate::breaker::Permit>,
+    /// The response cache's plan for this request (cache.rs), when its API caches.
+    cache: Option<Box<crate::cache::Plan>>,
 }
 
 async fn forward(
@@ -300,6 +463,9 @@ async fn forward(
         target,
         strip_authorization,
         limits,
+        resilience,
+        permit,
+        cache,
     } = dest;
     let authority = authority(&target);
     let uri = format!(
@@ -326,48 +492,119 @@ async fn forward(
         headers.insert(X_REQUEST_ID.clone(), v);
     }
     request_id::ensure_traceparent(&mut headers);
+    // Header rules, then credentials, last: nothing after them changes what
+    // they set (docs/stages/header-rules.md has the order).
+    let mut uri = uri;
+    if let Err(e) =
+        crate::outbound::prepare_request(gw, active, &mut done, &mut headers, &mut uri).await
+    {
+        return deny(done, &e);
+    }
 
     let stats = Arc::new(BodyStats::default());
     done.bytes_in = BytesIn::Streamed(stats.clone());
-    let mut up = Request::new(RequestBody::new(body, stats.clone()));
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = uri;
-    *up.headers_mut() = headers;
-
-    let upstream = &active.upstream;
-    let sent = Instant::now();
-    let result = tokio::time::timeout(
-        upstream.response_header_timeout,
-        upstream.client.request(up),
+    // Body limits and data-loss protection (dlp_body.rs): a scanned body is
+    // buffered here, so the retry loop replays the same bytes.
+    let api = done.api.clone();
+    let consumer = done.consumer.clone();
+    let (dlp, body_limits) = match api.as_deref() {
+        Some(a) => (
+            active.policy.dlp(a, consumer.as_deref()),
+            active.policy.body_limits(a, consumer.as_deref()),
+        ),
+        None => (None, None),
+    };
+    let request_limit = body_limits.and_then(|l| l.request).map(|b| b.get());
+    let response_limit = body_limits.and_then(|l| l.response).map(|b| b.get());
+    let is_head = parts.method == Method::HEAD;
+    let check = crate::dlp_body::RequestCheck {
+        gw,
+        api: api.as_deref().unwrap_or(""),
+        dlp,
+        limit: request_limit,
+    };
+    let body =
+        match crate::dlp_body::request(check, &mut headers, body, stats.clone(), &mut done).await {
+            Ok(b) => b,
+            Err(e) => return deny(done, &e),
+        };
+    // A stale cached response is revalidated with its validators (cache.rs).
+    if let Some(p) = &cache {
+        p.add_validators(&mut headers);
+    }
+    // The upstream send, with retries when the API has them (retry.rs).
+    let out = crate::retry::Outgoing {
+        method: parts.method,
+        uri,
+        headers,
+    };
+    let exchange = crate::retry::send(
+        gw,
+        &active.upstream,
+        resilience.as_deref(),
+        out,
+        body,
+        stats.clone(),
+        permit,
+        &done.request_id,
     )
     .await;
-    done.upstream_duration = Some(sent.elapsed());
-    let resp = match result {
-        Err(_) => {
-            let err = GatewayError::new(
-                ErrorCode::UpstreamTimeout,
-                "the upstream did not send response headers in time",
-            );
-            return deny(done, &err);
-        }
-        Ok(Err(e)) => {
-            if let Some(ce) = connect_error_in(&e) {
-                count_connect_error(gw, ce);
-                if matches!(ce, ConnectError::Resolve(ResolveError::Blocked(_))) {
-                    // Nothing was sent: the guard refused every address.
-                    done.upstream_duration = None;
-                }
+    done.attempts = exchange.attempts;
+    done.upstream_duration = Some(exchange.upstream_duration);
+    let resp = match exchange.sent {
+        crate::retry::Sent::Response(resp) => resp,
+        crate::retry::Sent::Failed { err, not_sent } => {
+            if not_sent {
+                done.upstream_duration = None;
+                done.attempts = 0;
             }
-            let err = upstream_failure(&e, stats.failed());
-            tracing::debug!(request.id = %done.request_id, error = %e, "upstream request failed");
+            if stats.too_large() {
+                gw.metrics
+                    .body_limit_exceeded(api.as_deref().unwrap_or(""), "request");
+                return deny(done, &crate::dlp_body::request_too_large(request_limit));
+            }
+            if let Some(p) = &cache {
+                // stale-if-error: a stale entry answers instead of the failure.
+                if let Some(hit) = p.on_error() {
+                    return crate::cache::serve(done, hit, is_head);
+                }
+                done.cache = Some(p.failed_result());
+                gw.metrics
+                    .cache_lookup(api.as_deref().unwrap_or(""), p.failed_result());
+            }
             return deny(done, &err);
         }
-        Ok(Ok(resp)) => resp,
     };
     let (mut rparts, rbody) = resp.into_parts();
     done.upstream_addr = rparts.extensions.get::<UpstreamAddr>().map(|a| a.0);
     done.status = rparts.status.as_u16();
+    // Read before Tollgate's own rate-limit fields are added below.
+    done.provider_limits = crate::discovery::ProviderLimits::from_headers(&rparts.headers);
     hop::strip_hop_by_hop(&mut rparts.headers);
+    crate::outbound::apply_response(active, &done, &mut rparts.headers);
+    // The response cache decides before Tollgate's own per-request fields are added.
+    let mut tee = None;
+    if let Some(p) = cache {
+        match p.on_response(&rparts, is_head) {
+            crate::cache::After::Serve(hit) => {
+                drop(rbody);
+                return crate::cache::serve(done, hit, is_head);
+            }
+            crate::cache::After::Pass {
+                tee: t,
+                status,
+                result,
+            } => {
+                tee = t;
+                rparts
+                    .headers
+                    .insert(crate::cache::CACHE_STATUS.clone(), status);
+                done.cache = Some(result);
+                gw.metrics
+                    .cache_lookup(api.as_deref().unwrap_or(""), result);
+            }
+        }
+    }
     if !rparts.headers.contains_key(&X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_str(&done.request_id)
     {
@@ -383,7 +620,28 @@ async fn forward(
         limit_headers::apply(&mut rparts.headers, o, false);
     }
     rparts.version = Version::HTTP_11;
-    let mut body = ProxyBody::upstream(rbody);
+    let no_body = is_head
+        || rparts.status.is_informational()
+        || rparts.status == http::StatusCode::NO_CONTENT
+        || rparts.status == http::StatusCode::NOT_MODIFIED;
+    let mut body = match crate::dlp_body::response(
+        gw,
+        api.as_deref().unwrap_or(""),
+        dlp,
+        response_limit,
+        no_body,
+        &mut rparts.headers,
+        rbody,
+        &mut done,
+    )
+    .await
+    {
+        crate::dlp_body::ResponseBody::Send(b) => b,
+        crate::dlp_body::ResponseBody::Refuse(e) => return deny(done, &e),
+    };
+    if let Some(t) = tee {
+        body = body.with_tee(t);
+    }
     body.on_complete(done);
     Response::from_parts(rparts, body)
 }

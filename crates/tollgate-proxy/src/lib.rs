@@ -9,23 +9,42 @@
 //! everything has drained.
 
 pub mod admin;
+pub mod admin_limits;
+pub mod admission;
+pub mod backoff;
 pub mod body;
+pub mod breaker;
+pub mod cache;
+mod cache_store;
+pub mod concurrency;
 pub mod connect;
+pub mod discovery;
+pub mod dlp_body;
 pub mod dns;
 pub mod framing;
 pub mod guard;
 pub mod handler;
 pub mod hop;
+pub mod intercept;
 pub mod limit_headers;
+pub mod limit_store;
+pub mod mint;
+pub mod oauth;
 pub mod observe;
+pub mod outbound;
+pub mod persist;
+pub mod queue;
 pub mod reload;
 pub mod request_id;
+pub mod resilience;
 pub mod respond;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod waiting;
 
 pub use server::serve_proxy;
 pub use shutdown::Shutdown;

@@ -44,6 +44,20 @@ pub struct Completion {
     pub bytes_in: BytesIn,
     pub upstream_duration: Option<Duration>,
     pub upstream_addr: Option<SocketAddr>,
+    /// Upstream attempts made by the retry loop (a tunnel that connected counts as one).
+    pub attempts: u32,
+    /// Name of the credential key injected upstream (never its value).
+    pub credential: Option<Arc<str>>,
+    /// The request's concurrency slot, held until this completion is finished or dropped
+    /// (response body end, tunnel close, client gone).
+    pub concurrency: Option<crate::waiting::Slot>,
+    /// Data-loss protection findings, `detector:count,…` (dlp_body.rs); never the data.
+    pub dlp: Option<String>,
+    /// The provider's rate-limit headers on the upstream response, for discovery.
+    pub provider_limits: Option<crate::discovery::ProviderLimits>,
+    /// Response cache result (`hit`, `miss`, `stale`, `revalidated`, `bypass`) for an API
+    /// with `cache`; see cache.rs.
+    pub cache: Option<&'static str>,
 }
 
 impl Completion {
@@ -72,6 +86,21 @@ impl Completion {
             bytes_in,
             bytes_out,
         });
+        gw.discovery.record(
+            &self.active.policy.config().discovery,
+            &crate::discovery::Seen {
+                kind: self.kind,
+                host: &self.host,
+                method: self.method.as_str(),
+                path: &self.path,
+                api: self.api.as_ref(),
+                consumer: self.consumer.as_ref(),
+                status: self.status,
+                denied: self.decision == "deny",
+                duration: total,
+                limits: self.provider_limits.as_ref(),
+            },
+        );
         if !gw.access_log.is_enabled() {
             return;
         }
@@ -95,6 +124,10 @@ impl Completion {
             duration: total,
             upstream_duration: self.upstream_duration,
             upstream_addr: self.upstream_addr,
+            attempts: self.attempts.max(u32::from(self.upstream_addr.is_some())),
+            credential: self.credential.as_deref(),
+            dlp: self.dlp.as_deref(),
+            cache: self.cache,
         });
     }
 }

@@ -145,6 +145,7 @@ impl Reloader {
         match result {
             Ok(active) => {
                 self.gateway.active.store(Arc::new(active));
+                self.gateway.sync_state();
                 self.gateway.metrics.config_applied(version);
                 self.status.rcu(|s| ReloadStatus {
                     version,
@@ -244,18 +245,13 @@ fn metadata_stamp(path: &Path) -> Option<Vec<(PathBuf, SystemTime, u64, u64)>> {
     files(path)?.iter().map(|p| one(p)).collect()
 }
 
-/// The file itself, or a directory's entries in name order.
+/// The file itself, or the configuration files of a directory (the same list
+/// the loader merges, so changes to other entries never trigger a reload).
 fn files(path: &Path) -> Option<Vec<PathBuf>> {
     if !path.is_dir() {
         return Some(vec![path.to_path_buf()]);
     }
-    let mut entries: Vec<_> = std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    Some(entries)
+    tollgate_config::load::dir_files(path).ok()
 }
 
 /// A cheap content fingerprint so touching a file without changing it does not

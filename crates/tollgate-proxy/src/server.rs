@@ -34,7 +34,7 @@ use crate::state::Gateway;
 /// hyper refuses read buffers below 8 KiB.
 const MIN_BUF: usize = 8 * 1024;
 
-fn builder(cfg: &tollgate_config::Server) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(cfg: &tollgate_config::Server) -> auto::Builder<TokioExecutor> {
     // Twice the configured limits: the handler enforces the configured ones
     // with a proper `431 headers_too_large`; hyper's bare 431 is the backstop.
     let max_head = usize::try_from(cfg.max_header_bytes.get().saturating_mul(2))
@@ -95,6 +95,7 @@ pub async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>) {
             peer,
             local,
             framing,
+            tunnel: None,
         });
         tokio::spawn(serve_connection(
             stream,

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderName;
 use tollgate_config::Secret;
 use tollgate_policy::{LocalStore, Policy, Switches};
@@ -15,6 +15,7 @@ use tollgate_telemetry::{AccessLog, Metrics};
 
 use crate::dns::Resolver;
 use crate::guard::NetworkGuard;
+use crate::limit_store::GlobalStore;
 use crate::shutdown::Shutdown;
 use crate::tls::{self, TlsConfigError};
 use crate::upstream::Upstream;
@@ -30,6 +31,10 @@ pub enum BuildError {
     Tls(#[from] TlsConfigError),
     #[error("admin.token: {0}")]
     AdminToken(tollgate_config::SecretError),
+    #[error("state.redis.url: {0}")]
+    RedisUrl(String),
+    #[error(transparent)]
+    Intercept(#[from] crate::intercept::InterceptError),
 }
 
 impl BuildError {
@@ -40,6 +45,8 @@ impl BuildError {
             Self::Dns(_) => "dns",
             Self::Tls(_) => "upstream.ca_file",
             Self::AdminToken(_) => "admin.token",
+            Self::RedisUrl(_) => "state.redis.url",
+            Self::Intercept(e) => e.key_path(),
         }
     }
 }
@@ -66,8 +73,12 @@ fn wildcard_local_addrs(own_listeners: &[SocketAddr]) -> Vec<std::net::IpAddr> {
 pub struct Active {
     pub policy: Policy,
     pub upstream: Arc<Upstream>,
+    /// OAuth tokens of `credentials.oauth2` keys (kept across a reload when unchanged).
+    pub tokens: Arc<crate::oauth::Tokens>,
     /// Query parameters whose values are redacted in logged paths.
     pub redact_query_params: Vec<String>,
+    /// The interception CA and leaf cache, when `tls_intercept` is configured.
+    pub intercept: Option<Arc<crate::intercept::Interceptor>>,
     /// The resolved admin bearer token, when one is configured.
     admin_token: Option<Secret>,
     own_listeners: Vec<SocketAddr>,
@@ -107,15 +118,38 @@ impl Active {
                 ))
             }
         };
+        if let Some(r) = &cfg.state.redis {
+            // Checked here so `validate` and a reload refuse what the shared store would.
+            let url = r
+                .url
+                .resolve()
+                .map_err(|e| BuildError::RedisUrl(e.to_string()))?;
+            crate::limit_store::check_url(url.expose()).map_err(BuildError::RedisUrl)?;
+        }
         let redact_query_params = cfg.logging.redact_query_params.clone();
         let admin_token = match &cfg.admin.token {
             Some(r) => Some(r.resolve().map_err(BuildError::AdminToken)?),
             None => None,
         };
+        // An unreadable or mismatched CA is a build error (validate and reload refuse it).
+        let intercept = match &cfg.tls_intercept {
+            Some(t) => Some(crate::intercept::Interceptor::build(
+                t,
+                prev.and_then(|p| p.intercept.as_ref()),
+            )?),
+            None => None,
+        };
+        let tokens = Arc::new(crate::oauth::Tokens::new(
+            &policy,
+            upstream.connector.clone(),
+            prev.map(|p| &*p.tokens),
+        ));
         Ok(Active {
             policy,
             upstream,
+            tokens,
             redact_query_params,
+            intercept,
             admin_token,
             own_listeners: own_listeners.to_vec(),
         })
@@ -135,9 +169,25 @@ pub struct Gateway {
     /// reset them: keys are `<api>:<limit>:<scope>`, and a limit whose
     /// algorithm changes starts afresh (see `tollgate-state`).
     pub limits: LocalStore,
+    /// The shared store for `scope: global` limits (`state.redis`), kept across reloads with
+    /// the same settings (see [`Gateway::sync_state`]).
+    pub global: ArcSwapOption<GlobalStore>,
+    /// `state.dir` as it was at start (where `limits` are persisted; see `persist.rs`).
+    pub state_dir: Option<std::path::PathBuf>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub shutdown: Shutdown,
+    /// Circuit breakers, provider back-offs and retry budgets by API name; kept
+    /// across reloads for APIs whose settings did not change.
+    pub resilience: crate::resilience::Registry,
+    /// Wait queues of limits with `on_limit: { queue }` and per-API concurrency limiters, kept
+    /// across reloads.
+    pub waiting: crate::waiting::Waiting,
+    /// The shared response cache (`apis[].cache`), bounded by `cache.max_bytes` as it was
+    /// at start; kept across reloads (keys include the API name).
+    pub cache: Arc<crate::cache::ResponseCache>,
+    /// Endpoints seen (API discovery, `discovery.rs`); kept across reloads.
+    pub discovery: crate::discovery::Discovery,
 }
 
 impl Gateway {
@@ -162,14 +212,53 @@ impl Gateway {
         own_listeners: &[SocketAddr],
     ) -> Result<Arc<Gateway>, BuildError> {
         let active = Active::build(policy, own_listeners, None)?;
-        Ok(Arc::new(Gateway {
+        let state_dir = active
+            .policy
+            .config()
+            .state
+            .dir
+            .as_deref()
+            .map(std::path::PathBuf::from);
+        let active_cfg_cache_bytes = active.policy.config().cache.max_bytes.get();
+        let gw = Arc::new(Gateway {
             active: ArcSwap::from_pointee(active),
             switches: Switches::default(),
             limits: LocalStore::new(),
+            global: ArcSwapOption::empty(),
+            state_dir,
+            resilience: crate::resilience::Registry::new(metrics.clone()),
+            waiting: crate::waiting::Waiting::default(),
+            cache: crate::cache::ResponseCache::new(active_cfg_cache_bytes, metrics.clone()),
+            discovery: crate::discovery::Discovery::new(metrics.clone()),
             metrics,
             access_log,
             shutdown: Shutdown::new(),
-        }))
+        });
+        gw.sync_state();
+        crate::persist::start(&gw);
+        Ok(gw)
+    }
+
+    /// Makes the shared store match the active config's `state.redis`: kept when unchanged,
+    /// replaced when changed, dropped when removed. A store that cannot start (only a bad URL;
+    /// Redis being down is not an error) is logged; global limits then follow their
+    /// `on_store_failure`.
+    pub fn sync_state(&self) {
+        let active = self.active.load();
+        let wanted = active.policy.config().state.redis.as_ref();
+        let current = self.global.load_full();
+        match (wanted, current) {
+            (None, None) => {}
+            (None, Some(_)) => self.global.store(None),
+            (Some(r), Some(g)) if g.same_config(r) => {}
+            (Some(r), _) => match GlobalStore::start(r, Arc::clone(&self.metrics)) {
+                Ok(g) => self.global.store(Some(g)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the shared limit store");
+                    self.global.store(None);
+                }
+            },
+        }
     }
 }
 

@@ -253,6 +253,9 @@ impl hyper::rt::Write for UpstreamIo {
 /// Everything needed to reach upstreams under one configuration.
 pub struct Upstream {
     pub client: Client<Connector, RequestBody>,
+    /// The guarded connector behind `client`, for other clients on the same
+    /// path (the OAuth token fetcher).
+    pub connector: Connector,
     pub resolver: Arc<Resolver>,
     pub guard: Arc<NetworkGuard>,
     pub connect_timeout: Duration,
@@ -278,9 +281,10 @@ impl Upstream {
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector);
+            .build(connector.clone());
         Self {
             client,
+            connector,
             resolver,
             guard,
             connect_timeout,

@@ -7,11 +7,13 @@
 //! Evaluation is two-phase: [`evaluate`] returns the [`Decision`] and the state that *would* be
 //! stored. The caller commits the new state only when every limit of a request allows it, which
 //! gives all-or-nothing semantics across limits and "peek" (never commit) for free. A denied
-//! request's returned state equals the input state, so a denial consumes nothing.
+//! request's returned state equals the input state, so a denial consumes nothing; the one
+//! exception is a share group's activity instant ([`evaluate_shared`]), which a refusal by the
+//! shared limit itself records without charging anything.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Decision, LimitSpec, Window};
+use crate::{Borrow, Decision, LimitSpec, Window};
 
 const SECOND_MS: u64 = 1_000;
 const MINUTE_MS: u64 = 60 * SECOND_MS;
@@ -23,9 +25,23 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CounterState {
     /// Fixed window: units used in the window starting at `start_ms`.
-    Fixed { start_ms: u64, count: u64 },
+    Fixed {
+        start_ms: u64,
+        count: u64,
+        /// Share groups only: when the group was last charged or refused (0: never, or state
+        /// written before this field existed), which decides whether it is active.
+        #[serde(default)]
+        seen_ms: u64,
+    },
     /// Sliding window: units in the current sub-window (starting at `start_ms`) and the previous.
-    Sliding { start_ms: u64, cur: u64, prev: u64 },
+    Sliding {
+        start_ms: u64,
+        cur: u64,
+        prev: u64,
+        /// Share groups only: as for `Fixed`.
+        #[serde(default)]
+        seen_ms: u64,
+    },
     /// GCRA: theoretical arrival time, in microseconds since the epoch.
     Gcra { tat_us: u64 },
 }
@@ -51,7 +67,9 @@ pub fn evaluate(
         LimitSpec::FixedWindow { limit, window } => {
             let (start, end) = window_bounds(window, now_ms);
             let count = match state {
-                Some(CounterState::Fixed { start_ms, count }) if start_ms == start => count,
+                Some(CounterState::Fixed {
+                    start_ms, count, ..
+                }) if start_ms == start => count,
                 _ => 0,
             };
             fixed(limit, start, end, count, now_ms, cost)
@@ -62,6 +80,7 @@ pub fn evaluate(
                     start_ms,
                     cur,
                     prev,
+                    ..
                 }) => (start_ms, cur, prev),
                 _ => (0, 0, 0),
             };
@@ -108,6 +127,7 @@ fn fixed(limit: u64, start: u64, end: u64, count: u64, now_ms: u64, cost: u64) -
         new_state: CounterState::Fixed {
             start_ms: start,
             count: used,
+            seen_ms: 0,
         },
         expires_at_ms: end,
     }
@@ -173,6 +193,7 @@ fn sliding(
             start_ms: cur_start,
             cur: new_cur,
             prev,
+            seen_ms: 0,
         },
         expires_at_ms: cur_start + 2 * w,
     }
@@ -227,6 +248,247 @@ fn gcra(t_us: u64, burst: u64, tat_us: u64, now_ms: u64, cost: u64) -> Evaluatio
         new_state: CounterState::Gcra { tat_us: stored },
         expires_at_ms: ceil_ms(stored),
     }
+}
+
+/// Evaluates a limit split into guaranteed shares (see the crate docs, "Shares") for a request
+/// of `cost` units by group `me` at `now_ms`. `states[j]` is group `j`'s stored counter and
+/// `guarantees[j]` its guarantee (same length). The returned state is group `me`'s; with a
+/// `cost` above 0 it records `now_ms` as the group's last activity, and the stores write it
+/// even when the request is refused by this limit (see [`crate::Borrow::Idle`]). Only fixed
+/// and sliding windows are shared; a GCRA spec is evaluated on `me`'s counter alone.
+pub fn evaluate_shared(
+    spec: &LimitSpec,
+    states: &[Option<CounterState>],
+    guarantees: &[u64],
+    me: usize,
+    borrow: Borrow,
+    now_ms: u64,
+    cost: u64,
+) -> Evaluation {
+    let mine = states.get(me).copied().flatten();
+    let g = |j: usize| guarantees.get(j).copied().unwrap_or(0);
+    let lending = borrow != Borrow::Off;
+    // The requester's last activity: now when it asks for something (charged or refused).
+    let seen_ms = if cost > 0 {
+        now_ms
+    } else {
+        match mine {
+            Some(CounterState::Fixed { seen_ms, .. } | CounterState::Sliding { seen_ms, .. }) => {
+                seen_ms
+            }
+            _ => 0,
+        }
+    };
+    // Seen since `since` (0 means never).
+    let seen_since = |seen: u64, since: u64| seen != 0 && seen >= since;
+    match *spec {
+        LimitSpec::FixedWindow { limit, window } => {
+            let (start, end) = window_bounds(window, now_ms);
+            // Activity in the previous window keeps a group active in this one, so its state
+            // must outlive this window by one more.
+            let prev_start = window_bounds(window, start.saturating_sub(1)).0;
+            let next_end = window_bounds(window, end).1;
+            let (used, active): (Vec<u64>, Vec<bool>) = states
+                .iter()
+                .map(|st| match st {
+                    Some(CounterState::Fixed {
+                        start_ms,
+                        count,
+                        seen_ms,
+                    }) => (
+                        if *start_ms == start { *count } else { 0 },
+                        seen_since(*seen_ms, prev_start) || (*count > 0 && *start_ms >= prev_start),
+                    ),
+                    _ => (0, false),
+                })
+                .unzip();
+            let total = used.iter().fold(0u64, |a, b| a.saturating_add(*b));
+            let reserved = reserved_by_others(&used, &active, guarantees, me, borrow);
+            let used_me = used.get(me).copied().unwrap_or(0);
+            let (allowed, remaining) =
+                share_fit(limit, g(me), used_me, total, reserved, lending, cost);
+            let charged = if allowed { cost } else { 0 };
+            let reset_after_ms = end.saturating_sub(now_ms);
+            Evaluation {
+                decision: Decision {
+                    allowed,
+                    limit,
+                    remaining,
+                    reset_after_ms,
+                    // Every group's count drops to 0 at the window edge.
+                    retry_after_ms: if allowed { 0 } else { reset_after_ms.max(1) },
+                },
+                new_state: CounterState::Fixed {
+                    start_ms: start,
+                    count: used_me.saturating_add(charged),
+                    seen_ms,
+                },
+                expires_at_ms: next_end,
+            }
+        }
+        LimitSpec::Sliding { limit, window_ms } => {
+            let w = window_ms.max(1);
+            let cur_start = now_ms - now_ms % w;
+            let elapsed = now_ms - cur_start;
+            // (cur, prev) of every group, rolled forward to the sub-window containing `now`, and
+            // whether it was active in this sub-window or the previous one.
+            let (rolled, active): (Vec<(u64, u64)>, Vec<bool>) = states
+                .iter()
+                .map(|st| match st {
+                    Some(CounterState::Sliding {
+                        start_ms,
+                        cur,
+                        prev,
+                        seen_ms,
+                    }) => {
+                        let (c, p) = roll(*start_ms, *cur, *prev, cur_start, w);
+                        let since = cur_start.saturating_sub(w);
+                        ((c, p), seen_since(*seen_ms, since) || c > 0 || p > 0)
+                    }
+                    _ => ((0, 0), false),
+                })
+                .unzip();
+            let used: Vec<u64> = rolled
+                .iter()
+                .map(|(c, p)| weighted_prev(*p, w, elapsed).saturating_add(*c))
+                .collect();
+            let sum_cur = rolled.iter().fold(0u64, |a, (c, _)| a.saturating_add(*c));
+            let sum_prev = rolled.iter().fold(0u64, |a, (_, p)| a.saturating_add(*p));
+            // The total is estimated from the summed counters, exactly as an unshared limit
+            // with the same traffic would be.
+            let total = weighted_prev(sum_prev, w, elapsed).saturating_add(sum_cur);
+            let reserved = reserved_by_others(&used, &active, guarantees, me, borrow);
+            let (cur_me, prev_me) = rolled.get(me).copied().unwrap_or((0, 0));
+            let used_me = used.get(me).copied().unwrap_or(0);
+            let (allowed, remaining) =
+                share_fit(limit, g(me), used_me, total, reserved, lending, cost);
+            let new_cur = if allowed {
+                cur_me.saturating_add(cost)
+            } else {
+                cur_me
+            };
+            let to_next = w - elapsed;
+            let all_cur = sum_cur.saturating_add(new_cur - cur_me);
+            let reset_after_ms = if all_cur > 0 {
+                to_next + w
+            } else if sum_prev > 0 {
+                to_next
+            } else {
+                0
+            };
+            let retry_after_ms = if allowed {
+                0
+            } else {
+                // Earliest of: fitting within the own guarantee (and the limit), or borrowing
+                // while the others' reservation stays as it is now.
+                let fits = |l: u64, c: u64, p: u64| sliding_wait(l, w, c, p, elapsed, cost);
+                let own = match (fits(g(me), cur_me, prev_me), fits(limit, sum_cur, sum_prev)) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                let lent = if lending {
+                    fits(limit.saturating_sub(reserved), sum_cur, sum_prev)
+                } else {
+                    None
+                };
+                match (own, lent) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (None, None) => reset_after_ms,
+                }
+                .max(1)
+            };
+            Evaluation {
+                decision: Decision {
+                    allowed,
+                    limit,
+                    remaining,
+                    reset_after_ms,
+                    retry_after_ms,
+                },
+                new_state: CounterState::Sliding {
+                    start_ms: cur_start,
+                    cur: new_cur,
+                    prev: prev_me,
+                    seen_ms,
+                },
+                expires_at_ms: cur_start + 2 * w,
+            }
+        }
+        LimitSpec::Gcra { .. } => evaluate(spec, mine, now_ms, cost),
+    }
+}
+
+/// Σ over groups other than `me` that hold a reservation of their unused guarantee,
+/// `max(0, g_j − used_j)`: every other group with [`Borrow::Unallocated`] (and `Off`, where
+/// it is unused), only the active ones with [`Borrow::Idle`].
+fn reserved_by_others(
+    used: &[u64],
+    active: &[bool],
+    guarantees: &[u64],
+    me: usize,
+    borrow: Borrow,
+) -> u64 {
+    used.iter()
+        .zip(guarantees)
+        .enumerate()
+        .filter(|(j, _)| *j != me)
+        .filter(|(j, _)| borrow != Borrow::Idle || active.get(*j).copied().unwrap_or(true))
+        .fold(0u64, |a, (_, (u, g))| {
+            a.saturating_add(g.saturating_sub(*u))
+        })
+}
+
+/// The share admission rule: within the own guarantee (and the limit), or, when borrowing, within
+/// what the limit leaves after the others' reservations. Returns whether `cost` fits and what
+/// this group could still take after the charge. A cost of 0 always fits.
+fn share_fit(
+    limit: u64,
+    g_me: u64,
+    used_me: u64,
+    total: u64,
+    reserved: u64,
+    borrow: bool,
+    cost: u64,
+) -> (bool, u64) {
+    let own = |used: u64, total: u64| g_me.saturating_sub(used).min(limit.saturating_sub(total));
+    let lend = |total: u64| {
+        if borrow {
+            limit.saturating_sub(total.saturating_add(reserved))
+        } else {
+            0
+        }
+    };
+    let fits_own = used_me.saturating_add(cost) <= g_me && total.saturating_add(cost) <= limit;
+    let fits_lent = borrow && total.saturating_add(cost).saturating_add(reserved) <= limit;
+    let allowed = cost == 0 || fits_own || fits_lent;
+    let (u, t) = if allowed {
+        (used_me.saturating_add(cost), total.saturating_add(cost))
+    } else {
+        (used_me, total)
+    };
+    (allowed, own(u, t).max(lend(t)))
+}
+
+/// Sub-window counters rolled forward from `start_ms` to `cur_start`.
+fn roll(start_ms: u64, cur: u64, prev: u64, cur_start: u64, w: u64) -> (u64, u64) {
+    if start_ms == cur_start {
+        (cur, prev)
+    } else if start_ms + w == cur_start {
+        (0, cur)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Wait until `cost` more units fit under `limit` for sliding counters `(cur, prev)` with no
+/// other traffic: 0 when they fit now, `None` when they never can.
+fn sliding_wait(limit: u64, w: u64, cur: u64, prev: u64, elapsed: u64, cost: u64) -> Option<u64> {
+    let est = weighted_prev(prev, w, elapsed).saturating_add(cur);
+    if est.saturating_add(cost) <= limit {
+        return Some(0);
+    }
+    sliding_retry(limit, w, cur, prev, elapsed, cost)
 }
 
 /// `[start, end)` of the fixed window containing `now_ms`, in epoch milliseconds.
@@ -325,3 +587,7 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 #[path = "algo_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "algo_shares_tests.rs"]
+mod shares_tests;

@@ -230,6 +230,7 @@ fn denial_returns_unchanged_state() {
     let s = Some(CounterState::Fixed {
         start_ms: 5_000,
         count: 1,
+        seen_ms: 0,
     });
     let ev = evaluate(&spec, s, 5_100, 1);
     assert!(!ev.decision.allowed);

@@ -41,6 +41,39 @@
 //! A key whose state is of another kind (its spec changed from, say, a fixed window to GCRA)
 //! starts afresh.
 //!
+//! # Shares
+//!
+//! A fixed or sliding limit may be split between groups of consumers ([`ShareSpec`], carried by
+//! [`LimitRequest::shares`]). Each group `j` has a guarantee `g_j = floor(limit × share_j)`
+//! ([`guarantee`]) and its own counter, stored under `<key>|<group>`; the limit's total is the
+//! sum of the groups' counters (for the sliding window, the estimate of the summed counters).
+//! With `used_j` each group's count (its sliding estimate) and `total` the limit's, a request of
+//! `cost` from group `i` is admitted if
+//!
+//! - `used_i + cost ≤ g_i` and `total + cost ≤ limit` (within its guarantee), or
+//! - borrowing is on ([`Borrow`]) and `total + cost ≤ limit − reserved_i`, where `reserved_i`
+//!   is the others' unused guarantee `Σ max(0, g_j − used_j)` over the groups `j ≠ i` that
+//!   still hold a reservation: every other group with [`Borrow::Unallocated`] (so only the
+//!   capacity no guarantee covers, `limit − Σ g_j`, can be borrowed), and only the **active**
+//!   ones with [`Borrow::Idle`] (the default), so idle groups' guarantees can be borrowed too.
+//!
+//! A group is *active* when it was charged, or refused by this limit, in the current window or
+//! the previous one (fixed windows: the previous aligned window of the same kind; sliding: the
+//! previous sub-window); otherwise it is *idle*. Each group's counter records the instant it
+//! was last charged or refused (`seen_ms`), which is the one write a refused request makes: it
+//! consumes nothing, but claims the group's reservation back at once (a refused request of cost
+//! 0, or one refused by another limit of the same request, marks nothing). An active group's
+//! unused guarantee is never lent, so it is never pushed below its guarantee; what was lent
+//! while it was idle stays used until it leaves the window.
+//!
+//! Only the requester's group is charged. `remaining` is what the group could still take after
+//! this request: `max(min(g_i − used_i, limit − total), borrowable)`. `limit` is the whole
+//! limit's. A refused request's `retry_after_ms` is the window end for fixed windows; for
+//! sliding windows the earlier of "its own counter and the total have decayed enough" and (when
+//! borrowing) "the total has decayed under `limit` minus the current reservations" (the
+//! reservations may grow meanwhile, so it is a lower bound). GCRA limits cannot be shared (the
+//! group is ignored; configuration rejects it).
+//!
 //! Precision: the Redis script does the same arithmetic in Lua doubles, exact for integers up
 //! to 2^53 (limits and costs beyond that are not supported). GCRA keeps microseconds; locally
 //! the injected clock has millisecond resolution, in Redis `TIME` gives microseconds.
@@ -85,6 +118,111 @@ pub struct LimitRequest {
     pub key: String,
     pub spec: LimitSpec,
     pub cost: u64,
+    /// Guaranteed shares of this limit between groups of consumers, and the requester's group.
+    /// `None`: one plain counter. Only fixed and sliding windows support shares (a GCRA limit
+    /// ignores them).
+    pub shares: Option<ShareOf>,
+}
+
+impl LimitRequest {
+    /// A plain (unshared) limit request.
+    pub fn new(key: impl Into<String>, spec: LimitSpec, cost: u64) -> Self {
+        Self {
+            key: key.into(),
+            spec,
+            cost,
+            shares: None,
+        }
+    }
+
+    /// The counter keys this request reads: the key itself, or one key per share group
+    /// (`<key>|<group>`), in group order. Shares without groups count as a plain limit.
+    pub fn counter_keys(&self) -> Vec<String> {
+        match &self.shares {
+            Some(s) if !s.spec.groups.is_empty() => s
+                .spec
+                .groups
+                .iter()
+                .map(|g| group_key(&self.key, &g.name))
+                .collect(),
+            _ => vec![self.key.clone()],
+        }
+    }
+}
+
+/// The counter key of one share group of a shared limit.
+pub fn group_key(key: &str, group: &str) -> String {
+    format!("{key}|{group}")
+}
+
+/// How one limit is split between groups of consumers. Built once per limit from config;
+/// see the crate docs ("Shares") for the admission rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// Every group with its guarantee in units (`floor(limit × share)`, see [`guarantee`]).
+    /// The order must be the same on every call for one limit.
+    pub groups: Vec<ShareGroup>,
+    /// What a group may use beyond its guarantee.
+    pub borrow: Borrow,
+}
+
+/// What a group of a shared limit may use beyond its own guarantee (see the crate docs,
+/// "Shares").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Borrow {
+    /// Nothing: each group gets at most its guarantee.
+    Off,
+    /// The capacity no guarantee covers; every other group's unused guarantee stays reserved.
+    Unallocated,
+    /// The capacity no guarantee covers plus the unused guarantees of idle groups (those not
+    /// charged or refused in the current or previous window).
+    #[default]
+    Idle,
+}
+
+/// One group of a [`ShareSpec`]: a consumer, or every unlisted consumer together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareGroup {
+    pub name: String,
+    pub guarantee: u64,
+}
+
+/// The share split of a limit and which group the requester belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareOf {
+    pub spec: std::sync::Arc<ShareSpec>,
+    /// Index into `spec.groups`.
+    pub group: usize,
+}
+
+impl ShareOf {
+    /// The same split with every guarantee divided by `n` (rounded down), for deciding a
+    /// `1/n` fair share of the limit locally.
+    pub fn scaled(&self, n: u64) -> ShareOf {
+        let n = n.max(1);
+        ShareOf {
+            spec: std::sync::Arc::new(ShareSpec {
+                groups: self
+                    .spec
+                    .groups
+                    .iter()
+                    .map(|g| ShareGroup {
+                        name: g.name.clone(),
+                        guarantee: g.guarantee / n,
+                    })
+                    .collect(),
+                borrow: self.spec.borrow,
+            }),
+            group: self.group,
+        }
+    }
+}
+
+/// `floor(limit × share)` for a share given in millionths (250 000 = 25%), in integers so the
+/// result never depends on floating-point rounding. Shares above 100% are treated as 100%.
+pub fn guarantee(limit: u64, share_millionths: u32) -> u64 {
+    let ppm = u128::from(share_millionths.min(1_000_000));
+    u64::try_from(u128::from(limit) * ppm / 1_000_000).unwrap_or(u64::MAX)
 }
 
 /// Outcome of one limit for one request. See the crate docs for each field's meaning.

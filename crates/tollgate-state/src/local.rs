@@ -86,91 +86,113 @@ impl LocalStore {
 
     /// Decides and charges all limits at the process clock's current time.
     pub fn check_all(&self, reqs: &[LimitRequest]) -> Vec<Decision> {
-        self.run(reqs, now_ms(), true)
+        self.run(reqs, now_ms(), Mode::Charge)
     }
 
     /// Decides without charging.
     pub fn peek_all(&self, reqs: &[LimitRequest]) -> Vec<Decision> {
-        self.run(reqs, now_ms(), false)
+        self.run(reqs, now_ms(), Mode::Peek)
     }
 
     /// [`LocalStore::check_all`] at an explicit instant (ms since the epoch), for tests and
     /// replay.
     pub fn check_all_at(&self, reqs: &[LimitRequest], now_ms: u64) -> Vec<Decision> {
-        self.run(reqs, now_ms, true)
+        self.run(reqs, now_ms, Mode::Charge)
     }
 
     /// [`LocalStore::peek_all`] at an explicit instant.
     pub fn peek_all_at(&self, reqs: &[LimitRequest], now_ms: u64) -> Vec<Decision> {
-        self.run(reqs, now_ms, false)
+        self.run(reqs, now_ms, Mode::Peek)
     }
 
-    fn run(&self, reqs: &[LimitRequest], now_ms: u64, charge: bool) -> Vec<Decision> {
+    /// Like [`LocalStore::peek_all`] (charges nothing, even when every limit allows), but a
+    /// shared limit that refuses records its group's demand exactly as
+    /// [`LocalStore::check_all`] would. For callers that decide local limits before charging
+    /// elsewhere and stop at a local refusal: the refused group is not taken for idle.
+    pub fn peek_all_noting_refusals(&self, reqs: &[LimitRequest]) -> Vec<Decision> {
+        self.run(reqs, now_ms(), Mode::NoteRefusals)
+    }
+
+    /// [`LocalStore::peek_all_noting_refusals`] at an explicit instant.
+    pub fn peek_all_noting_refusals_at(&self, reqs: &[LimitRequest], now_ms: u64) -> Vec<Decision> {
+        self.run(reqs, now_ms, Mode::NoteRefusals)
+    }
+
+    fn run(&self, reqs: &[LimitRequest], now_ms: u64, mode: Mode) -> Vec<Decision> {
+        // Every counter key each request reads: its own, or one per share group.
+        let keys: Vec<Vec<String>> = reqs.iter().map(LimitRequest::counter_keys).collect();
         // Lock every shard involved, in ascending order so concurrent multi-key calls cannot
         // deadlock; holding them all makes check-then-charge atomic across the limits.
-        let mut idx: Vec<usize> = reqs.iter().map(|r| self.shard_of(&r.key)).collect();
-        let mut order = idx.clone();
+        let mut order: Vec<usize> = keys.iter().flatten().map(|k| self.shard_of(k)).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
-            order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
-        let slot = |i: usize| order.binary_search(&i).unwrap_or(0);
-        for s in idx.iter_mut() {
-            *s = slot(*s);
-        }
+        let mut guards: Vec<MutexGuard<'_, Shard>> =
+            order.iter().map(|&i| lock(&self.shards[i])).collect();
+        let slot = |key: &str| order.binary_search(&self.shard_of(key)).unwrap_or(0);
+        let stored = |guards: &[MutexGuard<'_, Shard>], key: &str| {
+            guards[slot(key)]
+                .map
+                .get(key)
+                .filter(|e| e.expires_at_ms > now_ms)
+                .map(|e| e.state)
+        };
 
-        // Stage new states; a key named twice sees its own staged state.
-        let mut staged: Vec<(usize, algo::Evaluation)> = Vec::with_capacity(reqs.len());
+        // Stage new states (key written, evaluation); a key named twice sees its own staged
+        // state.
+        let mut staged: Vec<(String, algo::Evaluation)> = Vec::with_capacity(reqs.len());
         let mut all_allowed = true;
-        for (n, r) in reqs.iter().enumerate() {
-            let prior = staged
-                .iter()
-                .rev()
-                .find(|(j, _)| reqs[*j].key == r.key)
-                .map(|(_, e)| e.new_state)
-                .or_else(|| {
-                    let g = &guards[idx[n]].1;
-                    g.map
-                        .get(&r.key)
-                        .filter(|e| e.expires_at_ms > now_ms)
-                        .map(|e| e.state)
-                });
-            let ev = algo::evaluate(&r.spec, prior, now_ms, r.cost);
+        for (r, ks) in reqs.iter().zip(&keys) {
+            let current = |k: &str| {
+                staged
+                    .iter()
+                    .rev()
+                    .find(|(sk, _)| sk == k)
+                    .map(|(_, e)| e.new_state)
+                    .or_else(|| stored(&guards, k))
+            };
+            let (written, ev) = evaluate(r, ks, current, now_ms, r.cost);
             all_allowed &= ev.decision.allowed;
-            staged.push((n, ev));
+            staged.push((written, ev));
         }
 
         let mut out = Vec::with_capacity(reqs.len());
-        for (n, ev) in &staged {
+        for ((r, ks), (_, ev)) in reqs.iter().zip(&keys).zip(&staged) {
             let mut d = ev.decision;
             if !all_allowed && d.allowed {
                 // Another limit denied: this one is not charged, so report it as unaffected
                 // and denied (the request does not go ahead).
-                let r = &reqs[*n];
-                let prior = guards[idx[*n]].1.map.get(&r.key).map(|e| e.state);
-                d = algo::evaluate(&r.spec, prior, now_ms, 0).decision;
+                d = evaluate(r, ks, |k| stored(&guards, k), now_ms, 0)
+                    .1
+                    .decision;
                 d.allowed = false;
             }
             out.push(d);
         }
-        if charge && all_allowed {
-            for (n, ev) in staged {
-                let r = &reqs[n];
+        if mode != Mode::Peek {
+            for (r, (key, ev)) in reqs.iter().zip(staged) {
+                // A refused request charges nothing; only a shared limit that refused it
+                // records the group's demand (its `seen_ms`), so an idle group claims its
+                // reservation back at once.
+                let refused_here = !ev.decision.allowed && r.cost > 0 && is_shared(r);
+                let charged = mode == Mode::Charge && all_allowed;
+                if !charged && !refused_here {
+                    continue;
+                }
                 let entry = Entry {
                     state: ev.new_state,
                     expires_at_ms: ev.expires_at_ms,
                     persist: algo::is_long_window(&r.spec),
                 };
-                let shard = &mut guards[idx[n]].1;
-                match shard.map.get_mut(&r.key) {
+                let shard = &mut guards[slot(&key)];
+                match shard.map.get_mut(&key) {
                     Some(e) => *e = entry,
                     None => {
-                        shard.map.insert(r.key.clone(), entry);
+                        shard.map.insert(key, entry);
                     }
                 }
             }
         }
-        for (_, g) in guards.iter_mut() {
+        for g in guards.iter_mut() {
             g.ops += 1;
             if g.ops % SWEEP_EVERY == 0 {
                 g.map.retain(|_, e| e.expires_at_ms > now_ms);
@@ -260,6 +282,76 @@ impl LocalStore {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// What [`LocalStore::run`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Charge when every limit allows; note refusals by shared limits.
+    Charge,
+    /// Write nothing.
+    Peek,
+    /// Charge nothing; note refusals by shared limits.
+    NoteRefusals,
+}
+
+/// Whether `r` is split into share groups (and so decided by [`algo::evaluate_shared`]).
+fn is_shared(r: &LimitRequest) -> bool {
+    r.shares.as_ref().is_some_and(|s| !s.spec.groups.is_empty())
+}
+
+/// Evaluates one request against the states `current` returns for its counter keys `ks`;
+/// returns the key whose state the evaluation would write (the requester's group for a shared
+/// limit) and the evaluation.
+fn evaluate(
+    r: &LimitRequest,
+    ks: &[String],
+    current: impl Fn(&str) -> Option<CounterState>,
+    now_ms: u64,
+    cost: u64,
+) -> (String, algo::Evaluation) {
+    match &r.shares {
+        Some(share) if !share.spec.groups.is_empty() => {
+            let states: Vec<Option<CounterState>> = ks.iter().map(|k| current(k)).collect();
+            let guarantees: Vec<u64> = share.spec.groups.iter().map(|g| g.guarantee).collect();
+            let me = share.group.min(ks.len().saturating_sub(1));
+            let ev = algo::evaluate_shared(
+                &r.spec,
+                &states,
+                &guarantees,
+                me,
+                share.spec.borrow,
+                now_ms,
+                cost,
+            );
+            (ks.get(me).cloned().unwrap_or_else(|| r.key.clone()), ev)
+        }
+        _ => (
+            r.key.clone(),
+            algo::evaluate(&r.spec, current(&r.key), now_ms, cost),
+        ),
+    }
+}
+
+impl LocalStore {
+    /// Live keys (not expired at the process clock) that start with `prefix`, sorted, at most
+    /// `max` of them. For the admin API's listing of counters; locks one shard at a time.
+    pub fn keys_with_prefix(&self, prefix: &str, max: usize) -> Vec<String> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let g = lock(s);
+            out.extend(
+                g.map
+                    .iter()
+                    .filter(|(k, e)| e.expires_at_ms > now && k.starts_with(prefix))
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        out.sort_unstable();
+        out.truncate(max);
+        out
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::algo::emission_interval_us;
-use crate::{Decision, LimitRequest, LimitSpec, StoreError, Window};
+use crate::{Borrow, Decision, LimitRequest, LimitSpec, StoreError, Window};
 
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("check_all.lua")));
@@ -124,17 +124,21 @@ impl RedisStore {
         let first = group(&reqs[0].key);
         let mut inv = SCRIPT.prepare_invoke();
         inv.arg(if charge { "1" } else { "0" });
-        for (i, r) in reqs.iter().enumerate() {
+        let mut seen: Vec<String> = Vec::new();
+        for r in reqs {
             if group(&r.key) != first {
                 return Err(StoreError::Invalid(
                     "all keys of one decision must share the group before ':'".into(),
                 ));
             }
-            // The script stages no per-key state, so one key twice would double-read it.
-            if reqs[..i].iter().any(|p| p.key == r.key) {
-                return Err(StoreError::Invalid("duplicate key in one decision".into()));
+            for k in r.counter_keys() {
+                // The script stages no per-key state, so one key twice would double-read it.
+                if seen.contains(&k) {
+                    return Err(StoreError::Invalid("duplicate key in one decision".into()));
+                }
+                inv.key(self.redis_key(&k));
+                seen.push(k);
             }
-            inv.key(self.redis_key(&r.key));
             match r.spec {
                 LimitSpec::FixedWindow { limit, window } => {
                     let (kind, a, b): (&str, i64, i64) = match window {
@@ -163,6 +167,24 @@ impl RedisStore {
                 }
             }
             inv.arg(r.cost);
+            match &r.shares {
+                Some(sh) if !sh.spec.groups.is_empty() => {
+                    let me = sh.group.min(sh.spec.groups.len() - 1) + 1;
+                    inv.arg(sh.spec.groups.len())
+                        .arg(me)
+                        .arg(match sh.spec.borrow {
+                            Borrow::Off => "0",
+                            Borrow::Unallocated => "u",
+                            Borrow::Idle => "1",
+                        });
+                    for g in &sh.spec.groups {
+                        inv.arg(g.guarantee);
+                    }
+                }
+                _ => {
+                    inv.arg(0).arg(1).arg("0");
+                }
+            }
         }
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
@@ -189,3 +211,6 @@ impl RedisStore {
             .collect())
     }
 }
+
+#[path = "redis_fleet.rs"]
+mod fleet;

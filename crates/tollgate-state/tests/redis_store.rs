@@ -78,6 +78,7 @@ fn req(key: &str, spec: LimitSpec, cost: u64) -> LimitRequest {
         key: key.to_owned(),
         spec,
         cost,
+        shares: None,
     }
 }
 

@@ -16,7 +16,7 @@ pub mod redact;
 pub use access_log::{AccessLog, AccessRecord, DEFAULT_CAPACITY as ACCESS_LOG_DEFAULT_CAPACITY};
 pub use logging::{LOG_ENV, init_tracing};
 pub use metrics::{
-    ActiveGuard, CONTENT_TYPE as METRICS_CONTENT_TYPE, DURATION_BUCKETS_SECONDS, Metrics,
-    RequestObservation,
+    ActiveGuard, CONTENT_TYPE as METRICS_CONTENT_TYPE, DURATION_BUCKETS_SECONDS, GaugeHandle,
+    Metrics, RequestObservation,
 };
 pub use redact::{REDACTED, redact_query};

@@ -4,8 +4,14 @@
 //! config plus a few fixed words, so cardinality is bounded by the config. Per-request updates
 //! go through a lock-free handle cache (see `handle_cache`) and end in relaxed atomic adds.
 
+mod cache;
+mod credentials;
+mod discovery;
+mod dlp;
 mod handle_cache;
 mod histogram;
+mod limit_store;
+mod queueing;
 
 use std::fmt;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use prometheus_client::registry::{Registry, Unit};
 use handle_cache::HandleCache;
 pub use histogram::DURATION_BUCKETS_SECONDS;
 use histogram::DurationHistogram;
+pub use queueing::GaugeHandle;
 
 /// Content type of [`Metrics::encode`]'s output, for the `/metrics` response.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -74,6 +81,18 @@ struct LimitLabels {
     api: String,
     limit: String,
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiReasonLabels {
+    api: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiToLabels {
+    api: String,
+    to: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,6 +171,60 @@ pub struct Metrics {
     access_log_dropped: Counter,
     limit_decisions: Family<LimitLabels, Counter>,
     limit_cache: HandleCache<3, Counter>,
+    resilience: ResilienceFamilies,
+    limit_store: limit_store::LimitStoreMetrics,
+    queueing: queueing::QueueMetrics,
+    credentials: credentials::CredentialMetrics,
+    dlp: dlp::DlpMetrics,
+    cache: cache::CacheMetrics,
+    discovery: discovery::DiscoveryMetrics,
+}
+
+/// Retries, circuit breaker and provider back-off (rare events: no handle cache needed).
+struct ResilienceFamilies {
+    retries: Family<ApiReasonLabels, Counter>,
+    budget_exhausted: Family<ApiLabels, Counter>,
+    breaker_state: Family<ApiLabels, Gauge>,
+    breaker_transitions: Family<ApiToLabels, Counter>,
+    provider_backoff: Family<ApiLabels, Counter>,
+}
+
+impl ResilienceFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = ResilienceFamilies {
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            provider_backoff: Family::default(),
+        };
+        registry.register(
+            "tollgate_upstream_retries",
+            "Upstream attempts repeated, by API and reason (a status code, connect, timeout or reset)",
+            f.retries.clone(),
+        );
+        registry.register(
+            "tollgate_retry_budget_exhausted",
+            "Retries skipped because the API's retry budget was spent",
+            f.budget_exhausted.clone(),
+        );
+        registry.register(
+            "tollgate_breaker_state",
+            "Circuit breaker state by API: 0 closed, 1 half-open, 2 open",
+            f.breaker_state.clone(),
+        );
+        registry.register(
+            "tollgate_breaker_transitions",
+            "Circuit breaker state changes, by API and new state (closed, half_open, open)",
+            f.breaker_transitions.clone(),
+        );
+        registry.register(
+            "tollgate_provider_backoff",
+            "Back-off periods started because the provider signalled its quota was exhausted",
+            f.provider_backoff.clone(),
+        );
+        f
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -270,6 +343,13 @@ impl Metrics {
             "Rate-limit decisions, by API, limit and result (admitted or limited)",
             limit_decisions.clone(),
         );
+        let resilience = ResilienceFamilies::register(&mut registry);
+        let limit_store = limit_store::LimitStoreMetrics::register(&mut registry);
+        let queueing = queueing::QueueMetrics::register(&mut registry);
+        let credentials = credentials::CredentialMetrics::register(&mut registry);
+        let dlp = dlp::DlpMetrics::register(&mut registry);
+        let cache = cache::CacheMetrics::register(&mut registry);
+        let discovery = discovery::DiscoveryMetrics::register(&mut registry);
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -301,6 +381,13 @@ impl Metrics {
             access_log_dropped,
             limit_decisions,
             limit_cache: HandleCache::new(),
+            resilience,
+            limit_store,
+            queueing,
+            credentials,
+            dlp,
+            cache,
+            discovery,
         }
     }
 
@@ -431,6 +518,62 @@ impl Metrics {
                 c.inc();
             },
         );
+    }
+
+    /// Counts one retry of an upstream attempt; `reason` is a fixed word or a status code.
+    pub fn upstream_retry(&self, api: &str, reason: &'static str) {
+        self.resilience
+            .retries
+            .get_or_create(&ApiReasonLabels {
+                api: label_value(api_label(api)),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a retry that the API's retry budget did not allow.
+    pub fn retry_budget_exhausted(&self, api: &str) {
+        self.resilience
+            .budget_exhausted
+            .get_or_create(&ApiLabels {
+                api: label_value(api_label(api)),
+            })
+            .inc();
+    }
+
+    /// Sets an API's breaker state gauge: 0 closed, 1 half-open, 2 open.
+    pub fn breaker_state(&self, api: &str, state: i64) {
+        self.resilience
+            .breaker_state
+            .get_or_create(&ApiLabels {
+                api: label_value(api_label(api)),
+            })
+            .set(state);
+    }
+
+    /// Records a breaker transition: `state` is 0 closed, 1 half-open, 2 open.
+    pub fn breaker_transition(&self, api: &str, state: i64) {
+        self.breaker_state(api, state);
+        let api = label_value(api_label(api));
+        let to = match state {
+            0 => "closed",
+            1 => "half_open",
+            _ => "open",
+        };
+        self.resilience
+            .breaker_transitions
+            .get_or_create(&ApiToLabels { api, to })
+            .inc();
+    }
+
+    /// Counts a provider back-off period started (or extended) by an upstream response.
+    pub fn provider_backoff(&self, api: &str) {
+        self.resilience
+            .provider_backoff
+            .get_or_create(&ApiLabels {
+                api: label_value(api_label(api)),
+            })
+            .inc();
     }
 
     pub fn guard_denied(&self, reason: &'static str) {

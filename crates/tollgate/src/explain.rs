@@ -81,13 +81,16 @@ pub fn main(args: ExplainArgs) -> ExitCode {
             args.source
         },
     };
-    let eval = match evaluate(&policy, &info, &switches, args.consumer.as_deref()) {
+    let mut eval = match evaluate(&policy, &info, &switches, args.consumer.as_deref()) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // Header rules and credentials of an allowed request (values `<redacted>`).
+    let outbound = policy.describe_outbound(&eval, parsed.kind);
+    eval.trace.extend(outbound);
     if args.json {
         println!("{}", to_json(&eval, &parsed));
     } else {
@@ -113,6 +116,74 @@ fn evaluate(
             }),
         None => Ok(policy.evaluate(info, switches, true)),
     }
+    .map(|e| peek_limits(policy, e))
+}
+
+/// Adds the limits decision to an explanation without spending quota: local limits are peeked
+/// in counters loaded from `state.dir` (fresh counters when it is not set); global limits live
+/// in Redis, which explain does not contact, so they are listed as not consulted.
+fn peek_limits(policy: &Policy, mut eval: Evaluation) -> Evaluation {
+    use std::fmt::Write as _;
+    use tollgate_config::LimitScope;
+    use tollgate_policy::{LimitVerdict, LocalStore, Outcome, TraceStep, Verdict};
+
+    let Some(plan) = eval.limit_plan.take() else {
+        return eval;
+    };
+    let store = LocalStore::new();
+    let mut source = "fresh counters";
+    if let Some(dir) = policy.config().state.dir.as_deref() {
+        let path = tollgate_proxy::persist::file_in(std::path::Path::new(dir));
+        if store.load(&path).is_ok() {
+            source = "counters saved under state.dir";
+        }
+    }
+    let mut local = plan.clone();
+    local.limits.retain(|l| l.scope == LimitScope::Local);
+    let outcome = local.decide_local(&store, false);
+    // This line replaces the policy's "has limits" line with what the counters say.
+    if eval.trace.last().is_some_and(|t| t.stage == "limits") {
+        eval.trace.pop();
+    }
+    let mut reason = format!("API {:?} (peeked in {source}, nothing charged):", plan.api);
+    for l in &plan.limits {
+        match outcome.results.iter().find(|r| r.name == l.name) {
+            Some(r) if r.limited => {
+                let _ = write!(reason, " {} (local) would refuse;", l.name);
+            }
+            Some(r) => {
+                let _ = write!(
+                    reason,
+                    " {} (local, cost {}) {} of {} left after this request;",
+                    l.name, l.request.cost, r.decision.remaining, r.quota
+                );
+            }
+            None => {
+                let _ = write!(
+                    reason,
+                    " {} (global, in Redis) not consulted, cost {};",
+                    l.name, l.request.cost
+                );
+            }
+        }
+    }
+    let verdict = match local.verdict(&outcome) {
+        LimitVerdict::Admitted => Verdict::Continue,
+        LimitVerdict::Reported(e) => {
+            eval.reported.push(e);
+            Verdict::Report
+        }
+        LimitVerdict::Refused(e) => {
+            eval.outcome = Outcome::Deny(e);
+            Verdict::Deny
+        }
+    };
+    eval.trace.push(TraceStep {
+        stage: "limits",
+        verdict,
+        reason: reason.trim_end_matches(';').to_owned(),
+    });
+    eval
 }
 
 struct Parsed {

@@ -1,6 +1,9 @@
 //! The `tollgate` command: one binary, several subcommands.
 
+mod ca;
+mod discover;
 mod explain;
+mod limits_cli;
 mod run;
 
 use std::path::PathBuf;
@@ -42,6 +45,25 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the JSON Schema of the configuration (for editor completion).
     Schema,
+    /// The TLS interception CA: `ca init` creates it, `ca cert` prints the
+    /// certificate clients must trust (for APIs with `tls: intercept`).
+    Ca(ca::CaArgs),
+    /// Show a running gateway's rate limits and live counters (from its admin
+    /// API, `GET /admin/limits`): per API and limit, each key's used and
+    /// remaining quota and time to reset, and whether the shared store is degraded.
+    Limits(limits_cli::LimitsArgs),
+    /// Show the endpoints a running gateway has seen, managed or not (from its
+    /// admin API, `GET /admin/discovery`): per host, method and path pattern, counts,
+    /// statuses, latency, consumers and provider rate limits. `--suggest` prints a
+    /// starting policy for them instead.
+    Discover(discover::DiscoverArgs),
+    /// Print a shell completion script to stdout, e.g.
+    /// `tollgate completions bash > /etc/bash_completion.d/tollgate`.
+    Completions {
+        /// The shell to generate completions for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +72,26 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Validate { file } => validate(file),
         Command::Explain(args) => explain::main(args),
+        Command::Limits(args) => limits_cli::main(args),
+        Command::Discover(args) => discover::main(args),
+        Command::Ca(args) => ca::main(args),
+        Command::Completions { shell } => {
+            // Generated from the same clap definition that parses arguments, so
+            // completions cannot drift from the real subcommands and flags.
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Render into memory first: `generate` panics on a write error, and a
+            // closed pipe (`tollgate completions bash | head`) must not be a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "tollgate", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the completion script: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Schema => match serde_json::to_string_pretty(&tollgate_config::json_schema()) {
             Ok(s) => {
                 println!("{s}");

@@ -115,6 +115,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     if let Err(e) = admin.await {
         tracing::error!(error = %e, "admin task failed");
     }
+    // Requests have drained: the counters are final. Keep long-window counters for the next
+    // start, and leave the shared store's instance set so the others' fair share grows at once.
+    match tollgate_proxy::persist::save(&gateway) {
+        Ok(n) if n > 0 => tracing::info!(state.counters = n, "saved limit counters"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot save limit counters at shutdown"),
+    }
+    if let Some(g) = gateway.global.load_full() {
+        g.leave().await;
+    }
     access_log.flush();
     tracing::info!("stopped");
     Ok(())

@@ -1,12 +1,15 @@
-//! Limits stage: has this request room under every rate limit of its API?
+//! Limits stage: which rate limits and quotas of its API apply to this request, and what it
+//! costs against each.
 //!
-//! Runs after access, only for requests allowed so far that matched an API
-//! with `limits`. All limits of the API are decided together by the shared
-//! [`LocalStore`] (all-or-nothing: a request refused by one limit consumes
-//! none of the others). A CONNECT tunnel counts as one request. A refused
-//! request is answered 429 `rate_limited` naming the API and the limit, with
-//! `Retry-After` and the IETF `RateLimit` fields; in report mode it goes ahead
-//! and the refusal is recorded.
+//! Runs after access, only for requests allowed so far that matched an API with `limits`. The
+//! stage does not charge anything itself: it produces a [`LimitPlan`] (one [`PlannedLimit`] per
+//! limit, with its counter key, algorithm, cost, `scope` and `on_store_failure`), and the
+//! proxy's admission step (`tollgate-proxy/src/admission.rs`) charges it against the local and
+//! shared (Redis) counters, all-or-nothing: a request refused by one limit consumes none of the
+//! others. A CONNECT tunnel counts as one request. A refused request is answered 429
+//! `rate_limited` naming the API and the limit, with `Retry-After` and the IETF `RateLimit`
+//! fields ([`LimitPlan::verdict`] builds that error); in report mode it goes ahead and the
+//! refusal is recorded.
 //!
 //! Counter keys are `<api>:<limit>:<scope>`, where scope is `-` for `by: api`,
 //! the consumer name for `by: consumer`, the index of the matched allow rule
@@ -21,7 +24,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::HeaderName;
-use tollgate_config::{Config, LimitAlgorithm, LimitBy};
+use tollgate_config::{Config, LimitAlgorithm, LimitBy, LimitScope, OnStoreFailure};
 use tollgate_state::{Decision, LimitRequest, LimitSpec, LocalStore, Window};
 
 use crate::error::{ErrorCode, GatewayError};
@@ -46,7 +49,7 @@ pub struct LimitResult {
     pub limited: bool,
 }
 
-/// The limits stage's answer for one request.
+/// The admission step's answer for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitOutcome {
     /// Every limit of the API, in config order.
@@ -81,6 +84,111 @@ impl LimitOutcome {
     }
 }
 
+/// One limit to charge for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedLimit {
+    pub name: Arc<str>,
+    /// For `RateLimit-Policy` (see [`LimitResult::quota`]).
+    pub quota: u64,
+    pub window_secs: u64,
+    pub scope: LimitScope,
+    pub on_store_failure: OnStoreFailure,
+    /// Key, algorithm and cost, ready for a store.
+    pub request: LimitRequest,
+}
+
+/// Every limit of the request's API, in config order, and how a refusal is enforced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitPlan {
+    /// The API's name (for errors and metrics).
+    pub api: Arc<str>,
+    /// The API's index in the config.
+    pub api_index: usize,
+    /// Refusals are only reported (the API's `mode: report` or global `report_only`).
+    pub report_mode: bool,
+    pub limits: Vec<PlannedLimit>,
+}
+
+/// What the admission step should do with a decided plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitVerdict {
+    /// Every limit admitted the request.
+    Admitted,
+    /// Refused, but report mode lets it through; the error is recorded.
+    Reported(GatewayError),
+    /// Refused: answer with this error (429 `rate_limited`).
+    Refused(GatewayError),
+}
+
+impl LimitPlan {
+    /// Whether any limit is kept in the shared store.
+    pub fn has_global(&self) -> bool {
+        self.limits.iter().any(|l| l.scope == LimitScope::Global)
+    }
+
+    /// Pairs each limit with its store decision (same order as `limits`).
+    pub fn outcome(&self, decisions: &[Decision]) -> LimitOutcome {
+        let admitted = decisions.len() == self.limits.len() && decisions.iter().all(|d| d.allowed);
+        let results = self
+            .limits
+            .iter()
+            .zip(decisions)
+            .map(|(l, d)| LimitResult {
+                name: l.name.clone(),
+                quota: l.quota,
+                window_secs: l.window_secs,
+                decision: *d,
+                // Limits that did not refuse are reported as they stand with no retry time.
+                limited: !d.allowed && (d.retry_after_ms > 0 || d.remaining == 0),
+            })
+            .collect();
+        LimitOutcome { results, admitted }
+    }
+
+    /// Decides every limit against one local store, ignoring `scope` (tests, and `tollgate
+    /// explain` with `charge: false`, which only peeks).
+    pub fn decide_local(&self, store: &LocalStore, charge: bool) -> LimitOutcome {
+        let reqs: Vec<LimitRequest> = self.limits.iter().map(|l| l.request.clone()).collect();
+        let decisions = if charge {
+            store.check_all(&reqs)
+        } else {
+            store.peek_all(&reqs)
+        };
+        let mut o = self.outcome(&decisions);
+        if !charge {
+            // A peek charges nothing: a limit that would admit this request is not "limited".
+            o.admitted = decisions.iter().all(|d| d.allowed);
+        }
+        o
+    }
+
+    /// The verdict for an outcome: admitted, or the `rate_limited` error naming the refusing
+    /// limit(s) (never a header value), enforced or only reported.
+    pub fn verdict(&self, o: &LimitOutcome) -> LimitVerdict {
+        if o.admitted {
+            return LimitVerdict::Admitted;
+        }
+        let names: Vec<&str> = o
+            .results
+            .iter()
+            .filter(|r| r.limited)
+            .map(|r| &*r.name)
+            .collect();
+        let retry = o.retry_after_secs().unwrap_or(1);
+        let detail = format!(
+            "rate limit {:?} of API {:?} is exhausted; retry in {retry} s",
+            names.join(", "),
+            self.api
+        );
+        let err = GatewayError::new(ErrorCode::RateLimited, detail);
+        if self.report_mode {
+            LimitVerdict::Reported(err)
+        } else {
+            LimitVerdict::Refused(err)
+        }
+    }
+}
+
 #[derive(Debug)]
 enum By {
     Api,
@@ -98,6 +206,28 @@ struct Compiled {
     by: By,
     quota: u64,
     window_secs: u64,
+    scope: LimitScope,
+    on_store_failure: OnStoreFailure,
+    /// Read the cost from this header (else 1).
+    cost_header: Option<HeaderName>,
+    /// Guaranteed shares by consumer (`shares`), see [`super::shares`].
+    shares: Option<super::shares::CompiledShares>,
+}
+
+/// One configured limit, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitInfo {
+    pub api: Arc<str>,
+    pub name: Arc<str>,
+    /// `<api>:<limit>:`: every counter key of this limit starts with it.
+    pub key_prefix: String,
+    pub spec: LimitSpec,
+    pub quota: u64,
+    pub window_secs: u64,
+    pub scope: LimitScope,
+    pub on_store_failure: OnStoreFailure,
+    pub algorithm: LimitAlgorithm,
+    pub per: tollgate_config::Per,
 }
 
 /// The compiled limits of every API (same index as `config.apis`).
@@ -141,10 +271,34 @@ impl Limits {
                     bad("per", "must be longer than 0");
                     continue;
                 }
+                if l.per.is_month() && l.algorithm != LimitAlgorithm::Fixed {
+                    bad("per", "`per: month` needs `algorithm: fixed`");
+                    continue;
+                }
                 let (spec, quota, window_secs) = match l.algorithm {
                     LimitAlgorithm::Fixed => {
-                        let Some(window) = fixed_window(per_ms) else {
-                            bad("per", "a fixed window must be exactly 1s, 1m, 1h or 1d");
+                        let window = if l.per.is_month() {
+                            let utc_offset_minutes = match l.time_zone.as_deref() {
+                                None => 0,
+                                Some(tz) => match tollgate_config::parse_utc_offset(tz) {
+                                    Ok(m) => m,
+                                    Err(m) => {
+                                        bad("time_zone", &m);
+                                        continue;
+                                    }
+                                },
+                            };
+                            Window::Month {
+                                utc_offset_minutes,
+                                renewal_day: l.renewal_day.unwrap_or(1).clamp(1, 31),
+                            }
+                        } else if let Some(w) = fixed_window(per_ms) {
+                            w
+                        } else {
+                            bad(
+                                "per",
+                                "a fixed window must be exactly 1s, 1m, 1h, 1d or month",
+                            );
                             continue;
                         };
                         let spec = LimitSpec::FixedWindow {
@@ -187,6 +341,16 @@ impl Limits {
                         }
                     },
                 };
+                let cost_header = match &l.cost {
+                    None => None,
+                    Some(c) => match HeaderName::from_bytes(c.header.as_bytes()) {
+                        Ok(n) => Some(n),
+                        Err(_) => {
+                            bad("cost.header", "not a valid header name");
+                            continue;
+                        }
+                    },
+                };
                 list.push(Compiled {
                     name: Arc::from(l.name.as_str()),
                     key_prefix: format!("{}:{}:", api.name, l.name),
@@ -194,6 +358,10 @@ impl Limits {
                     by,
                     quota,
                     window_secs,
+                    scope: l.scope,
+                    on_store_failure: l.on_store_failure,
+                    cost_header,
+                    shares: super::shares::CompiledShares::compile(l),
                 });
             }
             apis.push(list.into_boxed_slice());
@@ -201,75 +369,115 @@ impl Limits {
         Self { apis }
     }
 
-    /// Decides and charges the API's limits. `None` when the API has none; otherwise the
-    /// outcome, with the refusal (unless report mode softened it) as `Err`.
-    pub(crate) fn check(
+    /// Every limit of every API, for listings (admin API).
+    pub(crate) fn catalog(&self, cfg: &Config) -> Vec<LimitInfo> {
+        let mut out = Vec::new();
+        for (api, list) in cfg.apis.iter().zip(&self.apis) {
+            for (l, c) in api.limits.iter().zip(list.iter()) {
+                out.push(LimitInfo {
+                    api: Arc::from(api.name.as_str()),
+                    name: c.name.clone(),
+                    key_prefix: c.key_prefix.clone(),
+                    spec: c.spec,
+                    quota: c.quota,
+                    window_secs: c.window_secs,
+                    scope: c.scope,
+                    on_store_failure: c.on_store_failure,
+                    algorithm: l.algorithm,
+                    per: l.per,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether the API has any limits.
+    pub(crate) fn has_limits(&self, api: usize) -> bool {
+        self.apis.get(api).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Refuses a consumer that has no share of one of the API's limits (`default_share: deny`):
+    /// 403 `consumer_not_allowed` naming the API and the limit (only recorded in report mode).
+    pub(crate) fn check_shares(&self, ctx: &mut Ctx, who: &Who<'_>) -> Result<(), GatewayError> {
+        let Some(list) = self.apis.get(who.api) else {
+            return Ok(());
+        };
+        for l in list.iter() {
+            let Some(s) = &l.shares else { continue };
+            if s.of(who.consumer).is_some() {
+                continue;
+            }
+            let detail = format!(
+                "consumer {:?} has no share of limit {:?} of API {:?}",
+                who.consumer, l.name, who.api_name
+            );
+            ctx.refuse(
+                STAGE,
+                GatewayError::new(ErrorCode::ConsumerNotAllowed, detail.clone()),
+                true,
+                || format!("{detail} (default_share: deny)"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The API's limits for this request, with keys and costs. `None` when it has none.
+    pub(crate) fn plan(
         &self,
         ctx: &mut Ctx,
         req: &RequestInfo<'_>,
         who: Who<'_>,
-        store: &LocalStore,
-    ) -> Option<(LimitOutcome, Result<(), GatewayError>)> {
+    ) -> Option<LimitPlan> {
         let list = self.apis.get(who.api).filter(|l| !l.is_empty())?;
-        let reqs: Vec<LimitRequest> = list
+        let limits = list
             .iter()
-            .map(|l| LimitRequest {
-                key: key(l, req, &who),
-                spec: l.spec,
-                cost: 1,
-            })
-            .collect();
-        let decisions = store.check_all(&reqs);
-        let admitted = decisions.iter().all(|d| d.allowed);
-        let results: Vec<LimitResult> = list
-            .iter()
-            .zip(decisions)
-            .map(|(l, d)| LimitResult {
+            .map(|l| PlannedLimit {
                 name: l.name.clone(),
                 quota: l.quota,
                 window_secs: l.window_secs,
-                decision: d,
-                // Limits that did not refuse are reported as they stand with no retry time.
-                limited: !d.allowed && (d.retry_after_ms > 0 || d.remaining == 0),
+                scope: l.scope,
+                on_store_failure: l.on_store_failure,
+                request: LimitRequest {
+                    shares: l.shares.as_ref().and_then(|s| s.of(who.consumer)),
+                    ..LimitRequest::new(key(l, req, &who), l.spec, cost(l, req))
+                },
             })
             .collect();
-        let outcome = LimitOutcome { results, admitted };
-        if admitted {
-            ctx.step(STAGE, crate::Verdict::Continue, || {
-                let mut s = format!("within the limits of API {:?}:", who.api_name);
-                for r in &outcome.results {
-                    let _ = write!(s, " {} ({} left)", r.name, r.decision.remaining);
-                }
-                s
-            });
-            return Some((outcome, Ok(())));
-        }
-        let names: Vec<&str> = outcome
-            .results
-            .iter()
-            .filter(|r| r.limited)
-            .map(|r| &*r.name)
-            .collect();
-        let retry = outcome.retry_after_secs().unwrap_or(1);
-        let detail = format!(
-            "rate limit {:?} of API {:?} is exhausted; retry in {retry} s",
-            names.join(", "),
-            who.api_name
-        );
-        let verdict = ctx.refuse(
-            STAGE,
-            GatewayError::new(ErrorCode::RateLimited, detail),
-            true,
-            || {
-                format!(
-                    "limit {:?} of API {:?} refused the request (retry in {retry} s)",
-                    names.join(", "),
-                    who.api_name
-                )
-            },
-        );
-        Some((outcome, verdict))
+        let plan = LimitPlan {
+            api: Arc::from(who.api_name),
+            api_index: who.api,
+            report_mode: ctx.report_mode,
+            limits,
+        };
+        ctx.step(STAGE, crate::Verdict::Continue, || {
+            let mut s = format!("API {:?} has limits:", who.api_name);
+            for l in &plan.limits {
+                let scope = match l.scope {
+                    LimitScope::Local => "local",
+                    LimitScope::Global => "global",
+                };
+                let _ = write!(s, " {} ({scope}, cost {})", l.name, l.request.cost);
+            }
+            s.push_str("; charged by the admission step");
+            s
+        });
+        Some(plan)
     }
+}
+
+/// The request's cost: the `cost.header` value (whole number ≥ 1; missing or invalid → 1),
+/// capped at the quota so a heavy request can still pass an empty window.
+fn cost(l: &Compiled, req: &RequestInfo<'_>) -> u64 {
+    let Some(h) = &l.cost_header else {
+        return 1;
+    };
+    req.headers
+        .get(h)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+        .min(l.quota.max(1))
 }
 
 /// What the key of a request depends on besides the request itself.

@@ -19,8 +19,31 @@ fn cfg(limits: Value, mode: &str) -> Value {
     })
 }
 
-fn eval(p: &Policy, store: &LocalStore, req: &Req) -> Evaluation {
-    p.evaluate_limited(&req.info(), &Switches::default(), store, true)
+/// An evaluation followed by what the proxy's admission step does for local limits.
+struct Ev {
+    e: Evaluation,
+    limits: Option<LimitOutcome>,
+}
+
+impl std::ops::Deref for Ev {
+    type Target = Evaluation;
+    fn deref(&self) -> &Evaluation {
+        &self.e
+    }
+}
+
+fn eval(p: &Policy, store: &LocalStore, req: &Req) -> Ev {
+    let mut e = p.evaluate(&req.info(), &Switches::default(), true);
+    let limits = e.limit_plan.clone().map(|plan| {
+        let o = plan.decide_local(store, true);
+        match plan.verdict(&o) {
+            LimitVerdict::Admitted => {}
+            LimitVerdict::Reported(err) => e.reported.push(err),
+            LimitVerdict::Refused(err) => e.outcome = crate::Outcome::Deny(err),
+        }
+        o
+    });
+    Ev { e, limits }
 }
 
 fn gh(who: &str) -> Req {
@@ -37,7 +60,7 @@ fn fixed_window_refuses_the_fourth_request_and_names_the_limit() {
     for left in [2, 1, 0] {
         let e = eval(&p, &store, &gh("a"));
         assert_eq!(denied(&e), None);
-        let o = e.limits.unwrap();
+        let o = e.limits.clone().unwrap();
         assert!(o.admitted);
         assert_eq!(o.results[0].decision.remaining, left);
         assert_eq!((o.results[0].quota, o.results[0].window_secs), (3, 60));
@@ -53,17 +76,36 @@ fn fixed_window_refuses_the_fourth_request_and_names_the_limit() {
         "{}",
         err.detail
     );
-    let o = e.limits.unwrap();
+    let o = e.limits.clone().unwrap();
     assert!(!o.admitted && o.results[0].limited);
     let retry = o.retry_after_secs().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(e.trace.last().unwrap().stage, "limits");
 
-    // Without a store (explain), limits are not checked, and the trace says so.
+    // The policy alone only plans (nothing is charged), and the trace says so.
     let e = gh("a").eval(&p);
-    assert_eq!((denied(&e), e.limits.is_none()), (None, true));
+    let plan = e.limit_plan.as_ref().unwrap();
+    assert_eq!(denied(&e), None);
+    assert_eq!(
+        (
+            plan.limits[0].request.key.as_str(),
+            plan.limits[0].request.cost
+        ),
+        ("gh:burst:-", 1)
+    );
     let last = e.trace.last().unwrap();
-    assert_eq!((last.stage, last.verdict), ("limits", crate::Verdict::Skip));
+    assert_eq!(
+        (last.stage, last.verdict),
+        ("limits", crate::Verdict::Continue)
+    );
+    assert!(
+        last.reason.contains("burst (local, cost 1)"),
+        "{}",
+        last.reason
+    );
+    // A peek reports the refusal without charging.
+    let o = plan.decide_local(&store, false);
+    assert!(!o.admitted && o.results[0].limited);
     // APIs without limits and unmatched destinations carry no outcome.
     let e = eval(&p, &store, &Req::forward("http://free.example.com/"));
     assert!(e.limits.is_none());
@@ -82,7 +124,7 @@ fn consumers_get_separate_budgets_and_refusals_charge_nothing() {
     assert_eq!(denied(&eval(&p, &store, &gh("a"))), None);
     let e = eval(&p, &store, &gh("a"));
     assert_eq!(denied(&e), Some("rate_limited"));
-    let o = e.limits.unwrap();
+    let o = e.limits.clone().unwrap();
     assert_eq!(
         o.results.iter().map(|r| r.limited).collect::<Vec<_>>(),
         [true, false]
@@ -92,7 +134,7 @@ fn consumers_get_separate_budgets_and_refusals_charge_nothing() {
     assert_eq!(o.tightest().unwrap().name.as_ref(), "each");
     let e = eval(&p, &store, &gh("b"));
     assert_eq!(denied(&e), None);
-    let o = e.limits.unwrap();
+    let o = e.limits.clone().unwrap();
     assert_eq!(o.results[1].decision.remaining, 8);
     assert_eq!(o.tightest().unwrap().name.as_ref(), "each");
 
@@ -120,7 +162,7 @@ fn report_mode_lets_refused_requests_through() {
     assert_eq!(denied(&e), None);
     assert_eq!(reported(&e), ["rate_limited"]);
     assert_eq!(e.decision(), "report");
-    assert!(!e.limits.unwrap().admitted);
+    assert!(!e.limits.clone().unwrap().admitted);
 }
 
 #[test]
@@ -212,4 +254,66 @@ fn unvalidated_limits_are_compile_errors() {
             "apis[0].limits[2].per"
         ]
     );
+}
+
+#[test]
+fn cost_header_weighs_requests_and_month_windows_compile() {
+    let p = policy(cfg(
+        json!([
+            { "name": "tokens", "requests": 10, "per": "1h", "cost": { "header": "x-weight" } },
+            { "name": "monthly", "requests": 100, "per": "month", "time_zone": "+02:00",
+              "renewal_day": 31, "scope": "global", "on_store_failure": "closed" }
+        ]),
+        "enforce",
+    ));
+    let cost = |w: Option<&str>| {
+        let mut r = gh("a");
+        if let Some(w) = w {
+            r = r.header("x-weight", w);
+        }
+        let e = r.eval(&p);
+        e.limit_plan.unwrap().limits[0].request.cost
+    };
+    // A weight, default 1, invalid or below 1 → 1, capped at the quota.
+    assert_eq!(
+        [
+            cost(Some("4")),
+            cost(None),
+            cost(Some("x")),
+            cost(Some("0")),
+            cost(Some("-3")),
+            cost(Some("999"))
+        ],
+        [4, 1, 1, 1, 1, 10]
+    );
+    let plan = gh("a").eval(&p).limit_plan.unwrap();
+    let m = &plan.limits[1];
+    assert_eq!(
+        m.request.spec,
+        LimitSpec::FixedWindow {
+            limit: 100,
+            window: Window::Month {
+                utc_offset_minutes: 120,
+                renewal_day: 31
+            }
+        }
+    );
+    assert_eq!(
+        (m.scope, m.on_store_failure),
+        (LimitScope::Global, OnStoreFailure::Closed)
+    );
+    assert!(plan.has_global());
+    // Heavier requests use the budget up faster: 4 + 4, then a 4 no longer fits.
+    let store = LocalStore::new();
+    let local_only = policy(cfg(
+        json!([{ "name": "tokens", "requests": 10, "per": "1h", "cost": { "header": "x-weight" } }]),
+        "enforce",
+    ));
+    let heavy = gh("a").header("x-weight", "4");
+    assert_eq!(denied(&eval(&local_only, &store, &heavy)), None);
+    assert_eq!(denied(&eval(&local_only, &store, &heavy)), None);
+    let e = eval(&local_only, &store, &heavy);
+    assert_eq!(denied(&e), Some("rate_limited"));
+    assert_eq!(e.limits.clone().unwrap().results[0].decision.remaining, 2);
+    assert_eq!(denied(&eval(&local_only, &store, &gh("a"))), None);
 }

@@ -4,9 +4,16 @@
 //! builds trace lines only when tracing was asked for.
 
 pub(crate) mod access;
+pub(crate) mod credentials;
+pub mod dlp;
+pub(crate) mod dlp_detectors;
+#[cfg(test)]
+mod dlp_tests;
+pub(crate) mod headers;
 pub(crate) mod identify;
 pub(crate) mod limits;
 pub(crate) mod resolve;
+pub(crate) mod shares;
 
 use crate::error::GatewayError;
 use crate::evaluation::{TraceStep, Verdict};

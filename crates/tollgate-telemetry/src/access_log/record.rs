@@ -40,6 +40,16 @@ pub struct AccessRecord<'a> {
     pub duration: Duration,
     pub upstream_duration: Option<Duration>,
     pub upstream_addr: Option<SocketAddr>,
+    /// Upstream attempts made (0: nothing was sent; more than 1: retried).
+    pub attempts: u32,
+    /// Name of the injected credential key (never its value), when one was used.
+    pub credential: Option<&'a str>,
+    /// Data-loss protection findings as `detector:count,…` (`card:1,email:2`; `oversize:1` for a
+    /// body too large to scan), never the data. `None` when nothing was found.
+    pub dlp: Option<&'a str>,
+    /// Response cache result for an API with `cache`: `hit`, `miss`, `stale`, `revalidated`
+    /// or `bypass`. `None` when the API does not cache.
+    pub cache: Option<&'a str>,
 }
 
 /// The serialized shape; field order here is the key order in the line.
@@ -63,6 +73,10 @@ struct Line<'a> {
     duration_ms: f64,
     upstream_ms: Option<f64>,
     upstream_addr: Option<SocketAddr>,
+    attempts: u32,
+    credential: Option<&'a str>,
+    dlp: Option<&'a str>,
+    cache: Option<&'a str>,
 }
 
 /// Appends `record` as one JSON object followed by `\n`.
@@ -89,6 +103,10 @@ pub(crate) fn write_line(buf: &mut Vec<u8>, r: &AccessRecord<'_>) -> io::Result<
         duration_ms: millis(r.duration),
         upstream_ms: r.upstream_duration.map(millis),
         upstream_addr: r.upstream_addr,
+        attempts: r.attempts,
+        credential: r.credential,
+        dlp: r.dlp,
+        cache: r.cache,
     };
     let mut ser = serde_json::Serializer::with_formatter(&mut *buf, LineSafeFormatter);
     line.serialize(&mut ser).map_err(io::Error::other)?;
@@ -178,6 +196,10 @@ mod tests {
             duration: Duration::from_micros(12_345),
             upstream_duration: Some(Duration::from_nanos(10_000_600)),
             upstream_addr: Some("140.82.112.6:443".parse().unwrap()),
+            attempts: 1,
+            credential: Some("main"),
+            dlp: None,
+            cache: None,
         }
     }
 
@@ -196,7 +218,8 @@ mod tests {
                 r#""peer":"10.1.2.3","consumer":"ci","api":"github","method":"GET","#,
                 r#""scheme":"https","host":"api.github.com","path":"/repos?token=REDACTED","#,
                 r#""status":200,"decision":"allow","reason":null,"bytes_in":0,"bytes_out":512,"#,
-                r#""duration_ms":12.345,"upstream_ms":10.001,"upstream_addr":"140.82.112.6:443"}"#,
+                r#""duration_ms":12.345,"upstream_ms":10.001,"upstream_addr":"140.82.112.6:443","#,
+                r#""attempts":1,"credential":"main","dlp":null,"cache":null}"#,
                 "\n"
             )
         );

@@ -4,7 +4,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 22] = [
     "time",
     "request_id",
     "kind",
@@ -23,6 +23,10 @@ const KEYS: [&str; 18] = [
     "duration_ms",
     "upstream_ms",
     "upstream_addr",
+    "attempts",
+    "credential",
+    "dlp",
+    "cache",
 ];
 
 fn record<'a>(request_id: &'a str, host: &'a str, path: &'a str) -> AccessRecord<'a> {
@@ -45,6 +49,10 @@ fn record<'a>(request_id: &'a str, host: &'a str, path: &'a str) -> AccessRecord
         duration: Duration::from_micros(1500),
         upstream_duration: None,
         upstream_addr: None,
+        attempts: 0,
+        credential: None,
+        dlp: None,
+        cache: None,
     }
 }
 
