@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from helpers import assert_problem, base_config, metric_value
 
@@ -214,3 +216,61 @@ def test_corrupt_state_file_is_set_aside(gateway, upstream, tmp_path):
     aside = [p for p in state.iterdir() if p.name.startswith("limits.json.corrupt-")]
     assert len(aside) == 1 and aside[0].read_text() == "{truncated"
     assert "cannot load persisted limit counters" in gw.stderr_text()
+
+
+class _TokensHandler(BaseHTTPRequestHandler):
+    """`/tokens/<n>` answers like an LLM API: `{"usage": {"total_tokens": n}}`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.hits += 1
+        n = self.path.rsplit("/", 1)[-1]
+        body = json.dumps({"id": "x", "usage": {"total_tokens": int(n)}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_tokens_read_from_the_response_use_up_the_limit(gateway):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _TokensHandler)
+    srv.daemon_threads = True
+    srv.hits = 0
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        limits = [{"name": "tokens", "requests": 100, "per": "1h",
+                   "cost": {"response_json": "usage.total_tokens"}}]
+        gw = gateway(base_config(apis=[limited_api(limits)]))
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        r = gw.get(f"{base}/tokens/60")
+        assert r.status_code == 200 and r.json()["usage"]["total_tokens"] == 60
+        # Admission charged the reserve (1); the 60 tokens land when the body ends.
+        assert parse_limit(r.headers["RateLimit"])[:2] == ("tokens", 99)
+        def used():
+            keys = gw.admin("GET", "/admin/limits").json()["apis"][0]["limits"][0]["keys"]
+            return keys[0]["used"] if keys else 0
+
+        def wait_used(n):
+            deadline = time.time() + 5
+            while used() != n and time.time() < deadline:
+                time.sleep(0.02)
+            assert used() == n
+
+        wait_used(60)
+        r = gw.get(f"{base}/tokens/45")
+        assert r.status_code == 200, r.text
+        assert parse_limit(r.headers["RateLimit"])[:2] == ("tokens", 39)
+        # 60 + 45 tokens > 100: the counter stops at the limit, the next request is refused.
+        wait_used(100)
+        r = gw.get(f"{base}/tokens/1")
+        assert_problem(r, 429, "rate_limited")
+        assert parse_limit(r.headers["RateLimit"])[:2] == ("tokens", 0)
+        assert srv.hits == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -80,6 +80,10 @@ pub struct Listen {
     /// Admin listener (metrics, health, reload, switches).
     #[serde(default = "default_admin_addr")]
     pub admin: SocketAddr,
+    /// An additional proxy listener speaking TLS (HTTPS proxy and HTTPS routes), optionally
+    /// authenticating clients by certificate. Absent: none.
+    #[serde(default)]
+    pub proxy_tls: Option<ProxyTls>,
 }
 
 impl Default for Listen {
@@ -87,8 +91,44 @@ impl Default for Listen {
         Self {
             proxy: default_proxy_addr(),
             admin: default_admin_addr(),
+            proxy_tls: None,
         }
     }
+}
+
+/// The TLS proxy listener (`listen.proxy_tls`). Certificate, key, client CA and CRLs are
+/// re-read on every reload; the address needs a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTls {
+    /// Address of the TLS listener.
+    pub addr: SocketAddr,
+    /// Path of the server certificate chain (PEM, leaf first).
+    pub cert: String,
+    /// The server private key (PEM): a path, `${file:/path}` or `${env:NAME}`.
+    pub key: SecretRef,
+    /// Path of the CA certificates (PEM) that client certificates must chain to. Required
+    /// unless `client_auth` is `none`.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// Whether clients present a certificate: `none` (not asked), `optional` (verified when
+    /// presented) or `required` (the handshake fails without one).
+    #[serde(default)]
+    pub client_auth: ClientCertAuth,
+    /// Certificate revocation lists (PEM or DER files): a revoked client certificate fails
+    /// the handshake.
+    #[serde(default)]
+    pub crls: Vec<String>,
+}
+
+/// Client-certificate authentication on `listen.proxy_tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 fn default_proxy_addr() -> SocketAddr {
@@ -367,6 +407,23 @@ pub enum Identify {
     ApiKey(ApiKeyIdentity),
     /// Source addresses of the connection.
     Source(Vec<String>),
+    /// The verified client certificate on `listen.proxy_tls` (exactly one field, exact match).
+    ClientCert(ClientCertIdentity),
+}
+
+/// Matches a verified client certificate; set exactly one field.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertIdentity {
+    /// The subject's common name (exact, case-sensitive).
+    #[serde(default)]
+    pub subject_cn: Option<String>,
+    /// A DNS subject alternative name (exact, ASCII case-insensitive).
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// A URI subject alternative name, e.g. a SPIFFE ID `spiffe://example.org/ns/app` (exact).
+    #[serde(default)]
+    pub uri: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -622,7 +679,25 @@ pub enum OnStoreFailure {
 pub struct LimitCost {
     /// Read the cost from this request header (a whole number). Missing, invalid or below 1:
     /// 1. Capped at the limit's quota.
-    pub header: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Charge the bytes of the response body, counted while it streams to the client and
+    /// charged when it ends (to cap how much data a consumer can pull).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub response_bytes: bool,
+    /// Charge the whole number at this dotted path of the response JSON (e.g.
+    /// `usage.total_tokens`), read when the response body ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_json: Option<String>,
+    /// `response_json` only: the charge when the response is not JSON, is larger than 1 MiB
+    /// or lacks the field. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<u64>,
+    /// `response_bytes` / `response_json` only: units charged at admission (the request goes
+    /// ahead only when they fit); the response's cost beyond them is charged when it ends.
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<u64>,
 }
 
 /// Where counters live besides this process' memory.

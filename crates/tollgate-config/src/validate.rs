@@ -13,7 +13,7 @@ use ipnet::IpNet;
 
 use crate::error::ConfigError;
 use crate::model::{
-    Api, Config, Consumer, Identify, Limit, LimitAlgorithm, LimitScope, parse_utc_offset,
+    Api, Config, Consumer, Identify, Limit, LimitAlgorithm, LimitCost, LimitScope, parse_utc_offset,
 };
 use crate::source_map::SourceMap;
 
@@ -91,6 +91,28 @@ impl Validator<'_> {
                 "listen.admin",
                 format!("admin listener {admin} is not on loopback: set admin.token to protect it"),
             );
+        }
+        if let Some(t) = &cfg.listen.proxy_tls {
+            if t.addr.port() != 0 && (t.addr == proxy || t.addr == admin) {
+                self.err(
+                    "listen.proxy_tls.addr",
+                    format!("{} is already used by another listener", t.addr),
+                );
+            }
+            if t.client_auth != crate::model::ClientCertAuth::None && t.client_ca.is_none() {
+                self.err(
+                    "listen.proxy_tls.client_ca",
+                    "required when client_auth is optional or required",
+                );
+            }
+            if t.client_auth == crate::model::ClientCertAuth::None
+                && (t.client_ca.is_some() || !t.crls.is_empty())
+            {
+                self.err(
+                    "listen.proxy_tls.client_auth",
+                    "client_ca and crls need client_auth: optional or required",
+                );
+            }
         }
     }
 
@@ -259,6 +281,49 @@ impl Validator<'_> {
         }
     }
 
+    /// `cost`: exactly one source (`header`, `response_bytes`, `response_json`), and the
+    /// response-cost settings only with a response source.
+    fn limit_cost(&mut self, at: &str, c: &LimitCost) {
+        let sources = usize::from(c.header.is_some())
+            + usize::from(c.response_bytes)
+            + usize::from(c.response_json.is_some());
+        if sources != 1 {
+            self.err(
+                format!("{at}.cost"),
+                "set exactly one of `header`, `response_bytes: true` or `response_json`",
+            );
+        }
+        if let Some(h) = &c.header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            self.err(format!("{at}.cost.header"), "not a valid header name");
+        }
+        if let Some(p) = &c.response_json
+            && (p.is_empty() || p.split('.').any(str::is_empty))
+        {
+            self.err(
+                format!("{at}.cost.response_json"),
+                "a dotted path of field names such as `usage.total_tokens`",
+            );
+        }
+        if c.default.is_some() && c.response_json.is_none() {
+            self.err(
+                format!("{at}.cost.default"),
+                "only applies to `response_json`",
+            );
+        }
+        match c.reserve {
+            Some(_) if c.header.is_some() => {
+                self.err(
+                    format!("{at}.cost.reserve"),
+                    "only applies to `response_bytes` and `response_json`",
+                );
+            }
+            Some(0) => self.err(format!("{at}.cost.reserve"), "must be at least 1"),
+            _ => {}
+        }
+    }
+
     /// `per: month` with its `time_zone` and `renewal_day`, and `cost`.
     fn limit_window_and_cost(&mut self, at: &str, l: &Limit) {
         if l.per.is_month() && l.algorithm != LimitAlgorithm::Fixed {
@@ -281,10 +346,8 @@ impl Validator<'_> {
                 self.err(format!("{at}.renewal_day"), "must be between 1 and 31");
             }
         }
-        if let Some(c) = &l.cost
-            && http::HeaderName::from_bytes(c.header.as_bytes()).is_err()
-        {
-            self.err(format!("{at}.cost.header"), "not a valid header name");
+        if let Some(c) = &l.cost {
+            self.limit_cost(at, c);
         }
     }
 
@@ -445,6 +508,24 @@ impl Validator<'_> {
                             format!("{id}.api_key.header"),
                             format!("{name:?} is not a valid header name"),
                         );
+                    }
+                }
+                Identify::ClientCert(c) => {
+                    let set = [&c.subject_cn, &c.dns, &c.uri]
+                        .iter()
+                        .filter(|f| f.is_some())
+                        .count();
+                    if set != 1 {
+                        self.err(
+                            format!("{id}.client_cert"),
+                            "set exactly one of subject_cn, dns, uri",
+                        );
+                    }
+                    if [&c.subject_cn, &c.dns, &c.uri]
+                        .iter()
+                        .any(|f| f.as_ref().is_some_and(|v| v.is_empty()))
+                    {
+                        self.err(format!("{id}.client_cert"), "must not be empty");
                     }
                 }
                 Identify::Source(list) => {

@@ -331,6 +331,30 @@ fn limits_are_checked() {
 }
 
 #[test]
+fn response_costs_are_checked() {
+    let src = api("    limits:
+      - { name: none, requests: 5, per: 1d, cost: {} }
+      - { name: two, requests: 5, per: 1d, cost: { header: x-w, response_bytes: true } }
+      - { name: path, requests: 5, per: 1d, cost: { response_json: \"usage..total\" } }
+      - { name: dflt, requests: 5, per: 1d, cost: { response_bytes: true, default: 3, reserve: 0 } }
+      - { name: hres, requests: 5, per: 1d, cost: { header: x-w, reserve: 2 } }
+      - { name: ok, requests: 5, per: 1d, cost: { response_json: usage.total_tokens, default: 1, reserve: 2 } }
+      - { name: okb, requests: 5, per: 1d, cost: { response_bytes: true } }
+");
+    assert_eq!(
+        paths(&src),
+        [
+            "apis[0].limits[0].cost",
+            "apis[0].limits[1].cost",
+            "apis[0].limits[2].cost.response_json",
+            "apis[0].limits[3].cost.default",
+            "apis[0].limits[3].cost.reserve",
+            "apis[0].limits[4].cost.reserve",
+        ]
+    );
+}
+
+#[test]
 fn shared_state_month_windows_and_cost_are_checked() {
     let src = api("    limits:
       - { name: g, requests: 5, per: 1h, scope: global }

@@ -17,13 +17,13 @@ mod test_support;
 pub use error::{ErrorCode, Fault, GatewayError};
 pub use evaluation::{Evaluation, Outcome, TraceStep, Verdict};
 pub use pipeline::{PathError, Policy};
-pub use request::{RequestInfo, Scheme, Target, TrafficKind};
+pub use request::{ClientCert, RequestInfo, Scheme, Target, TrafficKind};
 pub use stage::credentials::{ApiCredentials, CredentialKey, OAuth2Spec};
 pub use stage::dlp;
 pub use stage::dlp::{BodyKind, DlpProfile, DlpRef, Finding, Oversize, Scan};
 pub use stage::headers::{CompiledOps, CompiledRules, HeaderVars};
 pub use stage::limits::{
-    LimitInfo, LimitOutcome, LimitPlan, LimitResult, LimitVerdict, PlannedLimit,
+    LimitInfo, LimitOutcome, LimitPlan, LimitResult, LimitVerdict, PlannedLimit, ResponseCost,
 };
 pub use switches::{SwitchState, Switches};
 pub use tollgate_state::{Decision, LimitRequest, LocalStore};

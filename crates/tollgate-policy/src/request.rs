@@ -68,6 +68,19 @@ pub struct RequestInfo<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
     pub peer: IpAddr,
+    /// The client certificate verified on the TLS listener (`listen.proxy_tls`), if any.
+    pub client_cert: Option<&'a ClientCert>,
+}
+
+/// What identify can match in a verified client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Subject common names (normally one).
+    pub subject_cn: Vec<String>,
+    /// DNS subject alternative names.
+    pub dns: Vec<String>,
+    /// URI subject alternative names (SPIFFE IDs among them).
+    pub uri: Vec<String>,
 }
 
 /// Where the request will go once the pipeline allows it.

@@ -40,6 +40,7 @@ pub(crate) struct Req {
     query: Option<String>,
     headers: HeaderMap,
     peer: IpAddr,
+    client_cert: Option<crate::request::ClientCert>,
 }
 
 impl Req {
@@ -62,6 +63,7 @@ impl Req {
             query: uri.query().map(str::to_owned),
             headers: HeaderMap::new(),
             peer: "192.0.2.10".parse().unwrap(),
+            client_cert: None,
         }
     }
 
@@ -121,6 +123,12 @@ impl Req {
         self
     }
 
+    /// A verified client certificate (as the TLS listener passes it).
+    pub(crate) fn client_cert(mut self, cert: crate::request::ClientCert) -> Self {
+        self.client_cert = Some(cert);
+        self
+    }
+
     pub(crate) fn peer(mut self, ip: &str) -> Self {
         self.peer = ip.parse().unwrap();
         self
@@ -137,6 +145,7 @@ impl Req {
             query: self.query.as_deref(),
             headers: &self.headers,
             peer: self.peer,
+            client_cert: self.client_cert.as_ref(),
         }
     }
 

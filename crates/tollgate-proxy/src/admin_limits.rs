@@ -2,7 +2,8 @@
 //!
 //! For each limit: scope, algorithm, quota, window, `on_store_failure`, the priority queue's
 //! depth, and for each live key (at most [`MAX_KEYS`] per limit): `used`, `remaining` and
-//! `reset_after_ms`. For each API also its circuit breaker, provider back-off and concurrency. Keys are shown
+//! `reset_after_ms`. For each API also its circuit breaker, provider back-off (whether it is
+//! shared through Redis, and per credential key when the API has several) and concurrency. Keys are shown
 //! without the `<api>:<limit>:` prefix: `-` (whole API), a consumer name, an allow-rule index,
 //! or, for `by: header:<name>`, the value's hash (never the value). Global limits are read from
 //! Redis (SCAN + one peek per limit, nothing charged); while the store is degraded they are
@@ -149,6 +150,8 @@ pub async fn snapshot(gw: &Gateway) -> Value {
                     "limits": limits,
                     "breaker": resilience.as_ref().map_or(Value::Null, |r| r["breaker"].clone()),
                     "provider_backoff_ms": resilience.as_ref().map_or(Value::Null, |r| r["provider_backoff_ms"].clone()),
+                    "provider_backoff_shared": resilience.as_ref().map_or(Value::Null, |r| r["provider_backoff_shared"].clone()),
+                    "key_backoff_ms": resilience.as_ref().map_or(Value::Null, |r| r["key_backoff_ms"].clone()),
                     "concurrency": concurrency,
                 })
             })

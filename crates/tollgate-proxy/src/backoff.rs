@@ -11,7 +11,8 @@
 //!
 //! While it lasts, a client sees **429** `tollgate-error: provider_backoff` with
 //! `Retry-After: <seconds left>` and nothing is sent upstream. The state is kept
-//! per API in this process (replicas learn independently).
+//! per API in this process and, with `state.redis`, shared with the other replicas; an API
+//! with several credential keys backs off per key first (see resilience.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -44,7 +45,8 @@ impl ProviderBackoff {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since this back-off was created (its own clock).
+    pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 

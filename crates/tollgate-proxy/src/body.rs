@@ -246,6 +246,8 @@ pub struct ProxyBody {
     cut: bool,
     /// The response cache's copy of the body (cache.rs), stored when it ends complete.
     tee: Option<Box<crate::cache::Tee>>,
+    /// Response-based cost (cost.rs): counts and reads the body, charges when dropped.
+    meter: Option<Box<crate::cost::Meter>>,
 }
 
 impl ProxyBody {
@@ -258,6 +260,7 @@ impl ProxyBody {
             limit: None,
             cut: false,
             tee: None,
+            meter: None,
         }
     }
     pub fn empty() -> Self {
@@ -272,6 +275,7 @@ impl ProxyBody {
             limit: None,
             cut: false,
             tee: None,
+            meter: None,
         }
     }
     /// `prefix` (already read from `rest`), then whatever `rest` still yields.
@@ -284,6 +288,7 @@ impl ProxyBody {
             limit: None,
             cut: false,
             tee: None,
+            meter: None,
         }
     }
     /// Cuts the body after `limit` bytes (`body_limits.response`).
@@ -294,6 +299,14 @@ impl ProxyBody {
     /// Copies the body into the response cache as it streams (cache.rs).
     pub fn with_tee(mut self, tee: Box<crate::cache::Tee>) -> Self {
         self.tee = Some(tee);
+        self
+    }
+    /// Measures the body for response-based limit costs (cost.rs).
+    pub fn with_meter(mut self, mut meter: Option<Box<crate::cost::Meter>>) -> Self {
+        if let Some(m) = meter.as_mut() {
+            m.attach();
+        }
+        self.meter = meter;
         self
     }
     /// Runs `c` when this body finishes.
@@ -348,6 +361,23 @@ impl Body for ProxyBody {
         let res = self.as_mut().poll_inner(cx);
         if self.tee.is_some() {
             self.feed_tee(&res);
+        }
+        if self.meter.is_some() {
+            let end = self.inner_end_stream();
+            if let Some(m) = self.meter.as_mut() {
+                match &res {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            m.data(d);
+                        }
+                        if end {
+                            m.end();
+                        }
+                    }
+                    Poll::Ready(None) => m.end(),
+                    _ => {}
+                }
+            }
         }
         res
     }

@@ -670,6 +670,17 @@ impl Tee {
         self.chunks.push(d.clone());
     }
 
+    /// The response headers after data-loss protection: a body it rewrote (another
+    /// `Content-Length` or `Content-Encoding`) is not stored, since the stored headers
+    /// describe the upstream's body.
+    pub fn check_rewrite(&mut self, headers: &HeaderMap) {
+        let Some(e) = &self.entry else { return };
+        let same = |name: &HeaderName| e.headers.get(name) == headers.get(name);
+        if !same(&CONTENT_LENGTH) || !same(&http::header::CONTENT_ENCODING) {
+            self.abandon();
+        }
+    }
+
     /// The body failed or was cut: nothing is stored.
     pub fn abandon(&mut self) {
         self.entry = None;
@@ -767,3 +778,7 @@ pub async fn drain(resp: Response<ProxyBody>) {
     use http_body_util::BodyExt as _;
     let _ = resp.into_body().collect().await;
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

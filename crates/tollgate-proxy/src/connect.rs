@@ -99,19 +99,21 @@ async fn run_tunnel<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Arc::new(Activity::new());
-    let mut client = Counted::new(client, activity.clone());
-    let mut upstream = Counted::new(upstream, activity.clone());
+    let meter = Arc::new(Meter::default());
+    // Everything read from the upstream is written to the client, so metering
+    // the client side alone counts both directions and sees all activity.
+    let mut client = Metered::new(client, meter.clone());
+    let mut upstream = upstream;
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "tunnel closed with an error");
             }
         }
-        _ = activity.idle_for(idle) => tracing::debug!("tunnel idle timeout"),
+        _ = meter.activity.idle_for(idle) => tracing::debug!("tunnel idle timeout"),
         _ = gw.shutdown.forced() => tracing::debug!("tunnel closed at the end of the shutdown grace period"),
     }
-    (client.read_bytes(), upstream.read_bytes())
+    meter.totals()
 }
 
 /// When bytes last moved in either direction (also used by intercept.rs).
@@ -146,27 +148,47 @@ impl Activity {
     }
 }
 
-/// A stream that counts bytes read from it and records activity.
-struct Counted<S> {
-    inner: S,
-    read: u64,
-    activity: Arc<Activity>,
+/// Bytes each way through a tunnel (from and to the client) and when they
+/// last moved (also used by intercept.rs).
+pub(crate) struct Meter {
+    pub(crate) read: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) activity: Activity,
 }
 
-impl<S> Counted<S> {
-    fn new(inner: S, activity: Arc<Activity>) -> Self {
+impl Default for Meter {
+    fn default() -> Self {
         Self {
-            inner,
-            read: 0,
-            activity,
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            activity: Activity::new(),
         }
     }
-    fn read_bytes(&self) -> u64 {
-        self.read
+}
+
+impl Meter {
+    /// (bytes read from the client, bytes written to the client).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+/// The client side of a tunnel, metered.
+pub(crate) struct Metered<S> {
+    inner: S,
+    meter: Arc<Meter>,
+}
+
+impl<S> Metered<S> {
+    pub(crate) fn new(inner: S, meter: Arc<Meter>) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -177,14 +199,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.read += n as u64;
-            this.activity.touch();
+            this.meter.read.fetch_add(n as u64, Ordering::Relaxed);
+            this.meter.activity.touch();
         }
         res
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -195,7 +217,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         if let Poll::Ready(Ok(n)) = &res
             && *n > 0
         {
-            this.activity.touch();
+            this.meter.written.fetch_add(*n as u64, Ordering::Relaxed);
+            this.meter.activity.touch();
         }
         res
     }

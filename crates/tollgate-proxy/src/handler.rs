@@ -38,6 +38,9 @@ pub struct ConnCtx {
     /// Set on the decrypted connection inside an intercepted CONNECT tunnel
     /// (intercept.rs): every request goes to the tunnel's host.
     pub tunnel: Option<Arc<crate::intercept::Tunnel>>,
+    /// The client certificate verified on the TLS listener (tls_listener.rs);
+    /// inherited by the requests inside an intercepted tunnel.
+    pub client_cert: Option<Arc<tollgate_policy::ClientCert>>,
 }
 
 /// How the client named the destination.
@@ -225,6 +228,7 @@ pub async fn handle(
         query: dest.query,
         headers: &parts.headers,
         peer: ctx.peer.ip(),
+        client_cert: ctx.client_cert.as_deref(),
     };
     let mut eval = active.policy.evaluate(&info, &ctx.gateway.switches, false);
     // Response cache (cache.rs): after access and policy, before the breaker, back-off and
@@ -255,6 +259,7 @@ pub async fn handle(
                         resilience: None,
                         permit: None,
                         cache: Some(p),
+                        meter: None,
                     };
                     let refresh = crate::cache::detached(&done);
                     let run = (
@@ -280,7 +285,8 @@ pub async fn handle(
         && let Some(api) = &eval.api
         && let Some(r) = ctx.gateway.resilience.get(api, &active.policy)
     {
-        match r.admit() {
+        let global = ctx.gateway.global.load();
+        match r.admit(global.as_ref()) {
             Ok(p) => permit = p,
             Err(refusal) if r.report => eval.reported.push(refusal.error),
             Err(refusal) => {
@@ -294,12 +300,17 @@ pub async fn handle(
     // Admission: the rate limits the policy planned (only for requests it allowed), waiting
     // where they queue; then a concurrency slot, so a request waiting for quota holds no slot.
     let mut limits = None;
+    let mut meter = None;
     if let (Outcome::Allow, Some(plan)) = (&eval.outcome, eval.limit_plan.take()) {
         let consumer = eval.consumer.as_deref().unwrap_or("");
         let admitted =
             crate::waiting::admit_or_wait(&ctx.gateway, active.policy.config(), &plan, consumer)
                 .await;
         limits = admitted.outcome;
+        if !matches!(admitted.verdict, LimitVerdict::Refused(_)) {
+            // Limits whose cost is read from the response are charged when it ends (cost.rs).
+            meter = crate::cost::Meter::for_plan(&ctx.gateway, &plan);
+        }
         match admitted.verdict {
             LimitVerdict::Admitted => {}
             LimitVerdict::Reported(e) => eval.reported.push(e),
@@ -369,6 +380,7 @@ pub async fn handle(
         resilience,
         permit,
         cache,
+        meter,
     };
     Ok(forward(&ctx.gateway, &active, parts, body, dest, http1, done).await)
 }
@@ -448,6 +460,8 @@ struct Forwarding {
     permit: Option<crate::breaker::Permit>,
     /// The response cache's plan for this request (cache.rs), when its API caches.
     cache: Option<Box<crate::cache::Plan>>,
+    /// Response-based limit costs, charged when the response body ends (cost.rs).
+    meter: Option<Box<crate::cost::Meter>>,
 }
 
 async fn forward(
@@ -466,6 +480,7 @@ async fn forward(
         resilience,
         permit,
         cache,
+        meter,
     } = dest;
     let authority = authority(&target);
     let uri = format!(
@@ -576,6 +591,10 @@ async fn forward(
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
+    // Provider back-off per credential key (resilience.rs), from the final response.
+    if let (Some(r), Some(key)) = (&resilience, &done.credential) {
+        r.learn_key(&active.policy, key, rparts.status.as_u16(), &rparts.headers);
+    }
     done.upstream_addr = rparts.extensions.get::<UpstreamAddr>().map(|a| a.0);
     done.status = rparts.status.as_u16();
     // Read before Tollgate's own rate-limit fields are added below.
@@ -639,9 +658,11 @@ async fn forward(
         crate::dlp_body::ResponseBody::Send(b) => b,
         crate::dlp_body::ResponseBody::Refuse(e) => return deny(done, &e),
     };
-    if let Some(t) = tee {
+    if let Some(mut t) = tee {
+        t.check_rewrite(&rparts.headers);
         body = body.with_tee(t);
     }
+    body = body.with_meter(meter);
     body.on_complete(done);
     Response::from_parts(rparts, body)
 }

@@ -22,14 +22,14 @@
 //!
 //! Identity: the inner requests carry the CONNECT's identity — the CONNECT's
 //! `Proxy-Authorization` is set on each of them (replacing any sent inside
-//! the tunnel) and the peer address is the tunnel client's, so they identify
-//! as the same consumer. The header is stripped before going upstream, like
+//! the tunnel), the peer address is the tunnel client's and, on the TLS
+//! listener, so is its verified client certificate — they identify as the
+//! same consumer. The header is stripped before going upstream, like
 //! any `Proxy-Authorization`.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ use tollgate_config::{SecretRef, TlsIntercept, TlsMode};
 use tollgate_policy::{ErrorCode, GatewayError, Target};
 
 use crate::body::ProxyBody;
-use crate::connect::Activity;
+use crate::connect::{Activity, Meter, Metered};
 use crate::framing::Sniffer;
 use crate::handler::{self, ConnCtx};
 use crate::mint::{MintError, Minter};
@@ -238,6 +238,7 @@ pub async fn open(
     };
     let gateway = ctx.gateway.clone();
     let (peer, local) = (ctx.peer, ctx.local);
+    let client_cert = ctx.client_cert.clone();
     let track = gateway.shutdown.tracker().track();
     tokio::spawn(async move {
         let _track = track;
@@ -247,15 +248,13 @@ pub async fn open(
         let meter = Arc::new(Meter::default());
         let reason = match on_upgrade.await {
             Ok(upgraded) => {
-                let io = Metered {
-                    inner: TokioIo::new(upgraded),
-                    meter: meter.clone(),
-                };
+                let io = Metered::new(TokioIo::new(upgraded), meter.clone());
                 let conn = InnerConn {
                     gateway: gateway.clone(),
                     peer,
                     local,
                     tunnel,
+                    client_cert,
                 };
                 run(io, conn, &interceptor, &limits, &meter.activity).await
             }
@@ -272,10 +271,7 @@ pub async fn open(
                 "intercepted tunnel refused"
             );
         }
-        let (up, down) = (
-            meter.read.load(Ordering::Relaxed),
-            meter.written.load(Ordering::Relaxed),
-        );
+        let (up, down) = meter.totals();
         gateway.metrics.tunnel_bytes(api_label, up, down);
         done.bytes_in = BytesIn::Fixed(up);
         done.reason = reason;
@@ -295,6 +291,7 @@ struct InnerConn {
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
     tunnel: Arc<Tunnel>,
+    client_cert: Option<Arc<tollgate_policy::ClientCert>>,
 }
 
 /// The TLS record type of a handshake; every ClientHello starts with it.
@@ -379,6 +376,7 @@ where
         local: conn.local,
         framing,
         tunnel: Some(conn.tunnel),
+        client_cert: conn.client_cert,
     });
     let builder = crate::server::builder(&limits.server);
     let svc = service_fn(move |req| call(ctx.clone(), req));
@@ -435,71 +433,6 @@ fn server_config(
         .with_cert_resolver(Arc::new(Leaf(leaf)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
-}
-
-/// Bytes each way through the tunnel and when they last moved.
-struct Meter {
-    read: AtomicU64,
-    written: AtomicU64,
-    activity: Activity,
-}
-
-impl Default for Meter {
-    fn default() -> Self {
-        Self {
-            read: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-            activity: Activity::new(),
-        }
-    }
-}
-
-/// The client side of the tunnel, metered.
-struct Metered<S> {
-    inner: S,
-    meter: Arc<Meter>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.meter.read.fetch_add(n as u64, Ordering::Relaxed);
-            this.meter.activity.touch();
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &res
-            && *n > 0
-        {
-            this.meter.written.fetch_add(*n as u64, Ordering::Relaxed);
-            this.meter.activity.touch();
-        }
-        res
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 /// A stream with one already-read byte put back in front.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tollgate_config::{ConfigErrors, Loaded};
+use tollgate_config::{ConfigError, ConfigErrors, Loaded};
 use tollgate_policy::Policy;
 
 use crate::state::{Active, Gateway};
@@ -25,6 +25,10 @@ pub enum ConfigSource {
     Path(PathBuf),
     /// The configuration compiled into the binary.
     Embedded,
+    /// Signed bundles from a control plane (managed gateway). Bundles arrive through
+    /// [`Reloader::apply_text`]; a local reload (SIGHUP, `POST /admin/reload`) is refused,
+    /// because the control plane, not the local operator, decides what this gateway serves.
+    Managed { control_plane: String },
 }
 
 impl ConfigSource {
@@ -32,6 +36,7 @@ impl ConfigSource {
         match self {
             Self::Path(p) => p.display().to_string(),
             Self::Embedded => "<embedded default>".to_owned(),
+            Self::Managed { control_plane } => format!("control plane {control_plane}"),
         }
     }
 
@@ -39,6 +44,16 @@ impl ConfigSource {
         match self {
             Self::Path(p) => tollgate_config::load_file(p),
             Self::Embedded => tollgate_config::embedded_default(),
+            Self::Managed { control_plane } => Err(ConfigErrors(vec![ConfigError {
+                file: self.describe(),
+                line: 1,
+                column: 1,
+                path: String::new(),
+                message: format!(
+                    "this gateway is managed by the control plane {control_plane}: \
+                     publish a new configuration there instead of reloading locally"
+                ),
+            }])),
         }
     }
 }
@@ -47,7 +62,16 @@ impl ConfigSource {
 /// compiling (bad patterns, unreadable secrets) are located in the source like
 /// parse errors, so `tollgate validate` and a reload report them identically.
 pub fn load_policy(source: &ConfigSource, version: u64) -> Result<Policy, ConfigErrors> {
-    let loaded = source.load()?;
+    compile_loaded(source.load()?, version)
+}
+
+/// Like [`load_policy`] for configuration text that is not in a file (a control-plane
+/// bundle); `origin` names it in error locations.
+pub fn load_policy_text(yaml: &str, origin: &str, version: u64) -> Result<Policy, ConfigErrors> {
+    compile_loaded(tollgate_config::load_str(yaml, origin)?, version)
+}
+
+fn compile_loaded(loaded: Loaded, version: u64) -> Result<Policy, ConfigErrors> {
     let Loaded {
         config,
         source: map,
@@ -137,7 +161,40 @@ impl Reloader {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(self);
         // Parsing, secret files and compilation are blocking work: keep them off the reactor.
-        let built = tokio::task::spawn_blocking(move || this.build(version)).await;
+        let built = tokio::task::spawn_blocking(move || {
+            let policy = load_policy(&this.source, version).map_err(|e| e.to_string())?;
+            this.build(policy)
+        })
+        .await;
+        self.finish(built, version, trigger)
+    }
+
+    /// Applies configuration text (a verified control-plane bundle) through the same
+    /// validate-and-swap path as [`Reloader::reload`]: on any error the old configuration
+    /// keeps serving. `version` is the bundle's version, so the admin API, the metrics and
+    /// the control plane all name the same number. The caller enforces ordering (no rollback).
+    pub async fn apply_text(
+        self: &Arc<Self>,
+        yaml: String,
+        origin: String,
+        version: u64,
+    ) -> Result<u64, String> {
+        let _one_at_a_time = self.lock.lock().await;
+        let this = Arc::clone(self);
+        let built = tokio::task::spawn_blocking(move || {
+            let policy = load_policy_text(&yaml, &origin, version).map_err(|e| e.to_string())?;
+            this.build(policy)
+        })
+        .await;
+        self.finish(built, version, "control_plane")
+    }
+
+    fn finish(
+        &self,
+        built: Result<Result<Active, String>, tokio::task::JoinError>,
+        version: u64,
+        trigger: &'static str,
+    ) -> Result<u64, String> {
         let result = match built {
             Ok(r) => r,
             Err(e) => Err(format!("reload task failed: {e}")),
@@ -172,11 +229,12 @@ impl Reloader {
         }
     }
 
-    fn build(&self, version: u64) -> Result<Active, String> {
-        let policy = load_policy(&self.source, version).map_err(|e| e.to_string())?;
+    fn build(&self, policy: Policy) -> Result<Active, String> {
         let current = self.gateway.active.load_full();
-        let old_listen = &current.policy.config().listen;
-        if policy.config().listen != *old_listen {
+        let (old, new) = (&current.policy.config().listen, &policy.config().listen);
+        // Only addresses need a restart; the TLS listener's files are re-read (tls_listener.rs).
+        let tls_addr = |l: &tollgate_config::Listen| l.proxy_tls.as_ref().map(|t| t.addr);
+        if (old.proxy, old.admin, tls_addr(old)) != (new.proxy, new.admin, tls_addr(new)) {
             tracing::warn!(
                 "listen addresses changed in the new configuration; they take effect only after a restart"
             );

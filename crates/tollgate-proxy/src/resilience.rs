@@ -11,13 +11,23 @@
 //! `circuit_open`) or a provider back-off runs (429 `provider_backoff`), each
 //! with `Retry-After`. It runs before admission, so a refused request consumes
 //! no rate-limit quota. In report mode it only logs.
+//!
+//! **Shared back-off.** With `state.redis` configured, a learned back-off is also written to
+//! Redis (`<prefix>:{<api>}:backoff`, `PX` expiry; spawned, never awaited by a request) and a
+//! background task per API re-reads it every [`SHARED_REFRESH`] while the API has traffic, so
+//! every replica stops sending within about that long. Requests never wait for Redis.
+//!
+//! **Per credential key.** When the API has several `credentials.keys`, a back-off signal
+//! parks only the key that got it (left out of rotation until the reset, see
+//! `Policy::skip_key`); the API-wide back-off starts only once every key is parked, and lasts
+//! until the first of them is free again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderMap;
 use tollgate_config::{Api, Mode, ProviderBackoff as BackoffConfig, Retry as RetryConfig};
 use tollgate_policy::{ErrorCode, GatewayError, Policy};
@@ -25,7 +35,32 @@ use tollgate_telemetry::Metrics;
 
 use crate::backoff::{self, ProviderBackoff};
 use crate::breaker::{Breaker, Permit};
+use crate::limit_store::GlobalStore;
 use crate::retry::Budget;
+
+/// How often a replica re-reads an API's shared back-off from Redis.
+pub const SHARED_REFRESH: Duration = Duration::from_millis(250);
+/// The shared back-off is only re-read while the API had a request within this long.
+const IDLE_AFTER_MS: u64 = 60_000;
+
+/// The API's back-off as shared through Redis (see the module docs).
+struct Shared {
+    /// The shared store as last seen by a request (the gateway's `state.redis`).
+    store: ArcSwapOption<GlobalStore>,
+    /// The refresher task runs.
+    started: AtomicBool,
+    /// When a request last asked (ms on the back-off's clock).
+    used_ms: AtomicU64,
+    backoff: Arc<ProviderBackoff>,
+    api: Arc<str>,
+    cap: Duration,
+}
+
+/// One credential key's back-off.
+pub struct KeyBackoff {
+    pub name: Arc<str>,
+    pub backoff: ProviderBackoff,
+}
 
 /// One API's failure-handling settings and state.
 pub struct ApiResilience {
@@ -40,6 +75,9 @@ pub struct ApiResilience {
     metrics: Arc<Metrics>,
     /// The newest configuration version this state was checked against.
     version: AtomicU64,
+    shared: Arc<Shared>,
+    /// Per-key back-offs, when the API has two or more `credentials.keys`.
+    pub keys: Vec<KeyBackoff>,
 }
 
 /// Why the pre-check refused a request, and when to come back.
@@ -72,6 +110,36 @@ impl ApiResilience {
                 .unwrap_or_else(|| Arc::new(Budget::new(cfg)))
         });
         let backoff = prev.map_or_else(|| Arc::new(ProviderBackoff::new()), |p| p.backoff.clone());
+        let shared = Arc::new(Shared {
+            store: ArcSwapOption::empty(),
+            started: AtomicBool::new(false),
+            used_ms: AtomicU64::new(0),
+            backoff: backoff.clone(),
+            api: name.clone(),
+            cap: api.provider_backoff.cap.get(),
+        });
+        let names: Vec<&str> = api
+            .credentials
+            .as_ref()
+            .map(|c| c.keys.iter().map(|k| k.name.as_str()).collect())
+            .unwrap_or_default();
+        let keys = if names.len() > 1 {
+            names
+                .iter()
+                .map(|n| {
+                    let backoff = ProviderBackoff::new();
+                    if let Some(old) = prev.and_then(|p| p.keys.iter().find(|k| &*k.name == *n)) {
+                        backoff.inherit(&old.backoff);
+                    }
+                    KeyBackoff {
+                        name: Arc::from(*n),
+                        backoff,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             name,
             retry: api.retry.clone(),
@@ -82,6 +150,8 @@ impl ApiResilience {
             report,
             metrics: metrics.clone(),
             version: AtomicU64::new(version),
+            shared,
+            keys,
         }
     }
 
@@ -90,11 +160,30 @@ impl ApiResilience {
             && self.breaker.as_ref().map(|b| b.config()) == api.breaker.as_ref()
             && self.backoff_cfg == api.provider_backoff
             && self.report == report
+            && self.same_keys(api)
+    }
+
+    fn same_keys(&self, api: &Api) -> bool {
+        let names: Vec<&str> = api
+            .credentials
+            .as_ref()
+            .map(|c| c.keys.iter().map(|k| k.name.as_str()).collect())
+            .unwrap_or_default();
+        if names.len() < 2 {
+            return self.keys.is_empty();
+        }
+        names.len() == self.keys.len() && names.iter().zip(&self.keys).all(|(n, k)| *n == &*k.name)
     }
 
     /// Breaker and provider back-off, before admission. `Ok` carries the
     /// breaker's leave for the first attempt (none when the API has no breaker).
-    pub fn admit(&self) -> Result<Option<Permit>, Refusal> {
+    /// `global` is the gateway's shared store (`state.redis`), for the shared back-off.
+    pub fn admit(&self, global: Option<&Arc<GlobalStore>>) -> Result<Option<Permit>, Refusal> {
+        if self.backoff_cfg.enabled
+            && let Some(g) = global
+        {
+            self.watch_shared(g);
+        }
         let permit = match &self.breaker {
             Some(b) => match b.acquire() {
                 Ok(p) => Some(p),
@@ -132,21 +221,86 @@ impl ApiResilience {
         Ok(permit)
     }
 
-    /// Learns a provider back-off from an upstream response.
-    // Hook for per-credential back-off: when credentials carry several keys,
-    // the key that got this response can be parked instead of the whole API.
+    /// Learns a provider back-off for the whole API from an upstream response (every
+    /// attempt of the retry loop). An API with several credential keys learns per key instead
+    /// ([`ApiResilience::learn_key`]).
     pub fn learn(&self, status: u16, headers: &HeaderMap) {
-        if !self.backoff_cfg.enabled {
+        if !self.backoff_cfg.enabled || !self.keys.is_empty() {
             return;
         }
-        if let Some(wait) = backoff::learn(status, headers, SystemTime::now())
-            && self.backoff.extend(wait, self.backoff_cfg.cap.get())
+        if let Some(wait) = backoff::learn(status, headers, SystemTime::now()) {
+            self.back_off(wait, status);
+        }
+    }
+
+    /// Backs the whole API off for `wait` (capped), here and, when shared, in Redis.
+    fn back_off(&self, wait: Duration, status: u16) {
+        let wait = wait.min(self.backoff_cfg.cap.get());
+        if !self.backoff.extend(wait, self.backoff_cfg.cap.get()) {
+            return;
+        }
+        self.metrics.provider_backoff(&self.name);
+        tracing::info!(
+            api = %self.name, backoff.ms = wait.as_millis() as u64,
+            upstream.status = status, "provider signalled its rate limit is exhausted; backing off"
+        );
+        let store = self.shared.store.load_full();
+        if let Some(g) = store
+            && !g.is_degraded()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            self.metrics.provider_backoff(&self.name);
-            tracing::info!(
-                api = %self.name, backoff.ms = wait.min(self.backoff_cfg.cap.get()).as_millis() as u64,
-                upstream.status = status, "provider signalled its rate limit is exhausted; backing off"
-            );
+            let key = g.redis().backoff_key(&self.name, None);
+            rt.spawn(async move {
+                if let Err(e) = g.redis().extend_backoff(&key, wait).await {
+                    tracing::warn!(error = %e, "provider back-off not shared: the shared store failed");
+                }
+            });
+        }
+    }
+
+    /// Learns a back-off for credential key `key` from the final upstream response of a
+    /// request that used it (APIs with several keys only): parks that key; once every key is
+    /// parked, backs the whole API off until the first is free again.
+    pub fn learn_key(&self, policy: &Policy, key: &str, status: u16, headers: &HeaderMap) {
+        if !self.backoff_cfg.enabled || self.keys.is_empty() {
+            return;
+        }
+        let Some(k) = self.keys.iter().find(|k| &*k.name == key) else {
+            return;
+        };
+        let Some(wait) = backoff::learn(status, headers, SystemTime::now()) else {
+            return;
+        };
+        let cap = self.backoff_cfg.cap.get();
+        let wait = wait.min(cap);
+        if wait.is_zero() {
+            return;
+        }
+        k.backoff.extend(wait, cap);
+        policy.skip_key(&self.name, key, std::time::Instant::now() + wait);
+        self.metrics.provider_backoff(&self.name);
+        tracing::info!(
+            api = %self.name, credential = %key, backoff.ms = wait.as_millis() as u64,
+            upstream.status = status, "provider signalled a key's rate limit is exhausted; parking the key"
+        );
+        let left: Option<Vec<Duration>> = self.keys.iter().map(|k| k.backoff.remaining()).collect();
+        if let Some(soonest) = left.and_then(|l| l.into_iter().min()) {
+            self.back_off(soonest, status);
+        }
+    }
+
+    /// Keeps the shared store handle current and starts the refresher once.
+    fn watch_shared(&self, g: &Arc<GlobalStore>) {
+        let sh = &self.shared;
+        sh.used_ms.store(sh.backoff.now_ms(), Ordering::Relaxed);
+        let current = sh.store.load();
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, g)) {
+            sh.store.store(Some(g.clone()));
+        }
+        if !sh.started.swap(true, Ordering::AcqRel)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(refresh_shared(Arc::downgrade(sh)));
         }
     }
 
@@ -225,9 +379,52 @@ impl Registry {
                 "open_for_ms": b.open_remaining().map(|d| d.as_millis() as u64),
             })
         });
+        let keys: serde_json::Map<String, serde_json::Value> = s
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.name.to_string(),
+                    serde_json::json!(k.backoff.remaining().map(|d| d.as_millis() as u64)),
+                )
+            })
+            .collect();
         Some(serde_json::json!({
             "breaker": breaker,
             "provider_backoff_ms": s.backoff.remaining().map(|d| d.as_millis() as u64),
+            "provider_backoff_shared": s.shared.store.load().is_some(),
+            "key_backoff_ms": if s.keys.is_empty() { serde_json::Value::Null } else { keys.into() },
         }))
+    }
+}
+
+/// Re-reads an API's shared back-off every [`SHARED_REFRESH`] while the API is in use; ends
+/// when its state is replaced (reload) or dropped.
+async fn refresh_shared(weak: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(SHARED_REFRESH).await;
+        let Some(sh) = weak.upgrade() else { return };
+        let idle = sh
+            .backoff
+            .now_ms()
+            .saturating_sub(sh.used_ms.load(Ordering::Relaxed));
+        if idle > IDLE_AFTER_MS {
+            continue;
+        }
+        let Some(g) = sh.store.load_full() else {
+            continue;
+        };
+        if g.is_degraded() {
+            continue;
+        }
+        let key = g.redis().backoff_key(&sh.api, None);
+        if let Ok(Some(left)) = g.redis().backoff_left(&key).await
+            && sh.backoff.extend(left, sh.cap)
+        {
+            tracing::info!(
+                api = %sh.api, backoff.ms = left.as_millis() as u64,
+                "another gateway learnt a provider back-off; backing off"
+            );
+        }
     }
 }

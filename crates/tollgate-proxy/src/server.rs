@@ -23,7 +23,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::framing::Sniffer;
@@ -96,6 +96,7 @@ pub async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>) {
             local,
             framing,
             tunnel: None,
+            client_cert: None,
         });
         tokio::spawn(serve_connection(
             stream,
@@ -122,13 +123,16 @@ pub async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>) {
     }
 }
 
-async fn serve_connection(
-    stream: Sniffer<TcpStream>,
+/// Serves one accepted connection (plain, or TLS from tls_listener.rs).
+pub(crate) async fn serve_connection<S>(
+    stream: Sniffer<S>,
     ctx: Arc<ConnCtx>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     _permit: OwnedSemaphorePermit,
     _track: TrackGuard,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let gateway = ctx.gateway.clone();
     let _gauge = gateway.metrics.connection_opened();
     let peer: SocketAddr = ctx.peer;

@@ -35,6 +35,8 @@ pub enum BuildError {
     RedisUrl(String),
     #[error(transparent)]
     Intercept(#[from] crate::intercept::InterceptError),
+    #[error(transparent)]
+    ProxyTls(#[from] crate::tls_listener::ProxyTlsError),
 }
 
 impl BuildError {
@@ -47,6 +49,7 @@ impl BuildError {
             Self::AdminToken(_) => "admin.token",
             Self::RedisUrl(_) => "state.redis.url",
             Self::Intercept(e) => e.key_path(),
+            Self::ProxyTls(e) => e.key_path(),
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct Active {
     pub redact_query_params: Vec<String>,
     /// The interception CA and leaf cache, when `tls_intercept` is configured.
     pub intercept: Option<Arc<crate::intercept::Interceptor>>,
+    /// The TLS listener's configuration (`listen.proxy_tls`), files re-read on every build.
+    pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
     /// The resolved admin bearer token, when one is configured.
     admin_token: Option<Secret>,
     own_listeners: Vec<SocketAddr>,
@@ -139,6 +144,11 @@ impl Active {
             )?),
             None => None,
         };
+        // Unreadable or mismatched certificate, key, CA or CRL: a build error.
+        let proxy_tls = match &cfg.listen.proxy_tls {
+            Some(t) => Some(crate::tls_listener::server_config(t)?),
+            None => None,
+        };
         let tokens = Arc::new(crate::oauth::Tokens::new(
             &policy,
             upstream.connector.clone(),
@@ -150,6 +160,7 @@ impl Active {
             tokens,
             redact_query_params,
             intercept,
+            proxy_tls,
             admin_token,
             own_listeners: own_listeners.to_vec(),
         })

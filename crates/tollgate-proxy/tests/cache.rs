@@ -560,3 +560,36 @@ async fn a_successful_unsafe_request_invalidates_the_url() {
     );
     assert_eq!(o.count(), 3);
 }
+
+#[tokio::test]
+async fn a_body_rewritten_by_response_dlp_is_not_stored_with_stale_headers() {
+    let o = Origin::start().await;
+    let body = r#"{"contact":"jane.doe@example.org"}"#;
+    o.set(
+        "/pii",
+        reply(
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "application/json"),
+            ],
+            body,
+        ),
+    );
+    let yaml = config(&o, "{}").replace(
+        "    cache: {}\n",
+        "    cache: {}\n    dlp: { scan: [response], detectors: { email: redact } }\n",
+    );
+    let p = Proxy::start(&yaml).await;
+    for _ in 0..2 {
+        let r = get(&p, "/pii", "").await;
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        assert!(text.contains("[REDACTED:email]"), "{text}");
+        assert_eq!(
+            r.header("content-length")
+                .map(|v| v.parse::<usize>().unwrap()),
+            Some(r.body.len())
+        );
+    }
+    assert_eq!(o.count(), 2, "the redacted body was not stored");
+}

@@ -610,6 +610,7 @@ async fn secrets_never_appear_in_logs_metrics_errors_or_explain() {
             query: None,
             headers: &http::HeaderMap::new(),
             peer: "127.0.0.1".parse().unwrap(),
+            client_cert: None,
         };
         let eval = policy.evaluate(&req, &tollgate_policy::Switches::default(), true);
         for step in policy.describe_outbound(&eval, tollgate_policy::TrafficKind::Route) {

@@ -214,3 +214,6 @@ impl RedisStore {
 
 #[path = "redis_fleet.rs"]
 mod fleet;
+
+#[path = "redis_backoff.rs"]
+mod backoff;

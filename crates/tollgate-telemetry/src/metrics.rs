@@ -5,6 +5,7 @@
 //! go through a lock-free handle cache (see `handle_cache`) and end in relaxed atomic adds.
 
 mod cache;
+mod control;
 mod credentials;
 mod discovery;
 mod dlp;
@@ -164,6 +165,7 @@ pub struct Metrics {
     tunnel_bytes: Family<BytesLabels, Counter>,
     tunnel_cache: HandleCache<1, TunnelHandles>,
     guard_denials: Family<ReasonLabels, Counter>,
+    tls_handshake_failures: Family<ReasonLabels, Counter>,
     dns_errors: Family<KindLabels, Counter>,
     config_version: Gauge,
     config_reloads: Family<ResultLabels, Counter>,
@@ -171,6 +173,7 @@ pub struct Metrics {
     access_log_dropped: Counter,
     limit_decisions: Family<LimitLabels, Counter>,
     limit_cache: HandleCache<3, Counter>,
+    limit_response_cost: Family<LimitLabels, Counter>,
     resilience: ResilienceFamilies,
     limit_store: limit_store::LimitStoreMetrics,
     queueing: queueing::QueueMetrics,
@@ -178,6 +181,7 @@ pub struct Metrics {
     dlp: dlp::DlpMetrics,
     cache: cache::CacheMetrics,
     discovery: discovery::DiscoveryMetrics,
+    control: control::ControlMetrics,
 }
 
 /// Retries, circuit breaker and provider back-off (rare events: no handle cache needed).
@@ -301,6 +305,12 @@ impl Metrics {
             "Destinations refused by the network guard, by reason",
             guard_denials.clone(),
         );
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tollgate_tls_handshake_failures",
+            "Failed TLS handshakes on listen.proxy_tls, by reason",
+            tls_handshake_failures.clone(),
+        );
         let dns_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "tollgate_dns_errors",
@@ -343,6 +353,12 @@ impl Metrics {
             "Rate-limit decisions, by API, limit and result (admitted or limited)",
             limit_decisions.clone(),
         );
+        let limit_response_cost = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "tollgate_limit_response_cost_units",
+            "Units of response-based limit costs (cost.response_bytes / response_json) charged when responses ended, by API, limit and result (charged, or over_limit: beyond what was left)",
+            limit_response_cost.clone(),
+        );
         let resilience = ResilienceFamilies::register(&mut registry);
         let limit_store = limit_store::LimitStoreMetrics::register(&mut registry);
         let queueing = queueing::QueueMetrics::register(&mut registry);
@@ -350,6 +366,7 @@ impl Metrics {
         let dlp = dlp::DlpMetrics::register(&mut registry);
         let cache = cache::CacheMetrics::register(&mut registry);
         let discovery = discovery::DiscoveryMetrics::register(&mut registry);
+        let control = control::ControlMetrics::register(&mut registry);
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -374,6 +391,7 @@ impl Metrics {
             tunnel_bytes,
             tunnel_cache: HandleCache::new(),
             guard_denials,
+            tls_handshake_failures,
             dns_errors,
             config_version,
             config_reloads,
@@ -381,6 +399,7 @@ impl Metrics {
             access_log_dropped,
             limit_decisions,
             limit_cache: HandleCache::new(),
+            limit_response_cost,
             resilience,
             limit_store,
             queueing,
@@ -388,6 +407,7 @@ impl Metrics {
             dlp,
             cache,
             discovery,
+            control,
         }
     }
 
@@ -567,6 +587,22 @@ impl Metrics {
     }
 
     /// Counts a provider back-off period started (or extended) by an upstream response.
+    /// A response-based cost charged to a limit: `charged` units, and `over` units beyond what
+    /// the limit had left (not recorded in the counter).
+    pub fn limit_response_cost(&self, api: &str, limit: &str, charged: u64, over: u64) {
+        for (result, n) in [("charged", charged), ("over_limit", over)] {
+            if n > 0 {
+                self.limit_response_cost
+                    .get_or_create_owned(&LimitLabels {
+                        api: label_value(api_label(api)),
+                        limit: label_value(limit),
+                        result,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
     pub fn provider_backoff(&self, api: &str) {
         self.resilience
             .provider_backoff
@@ -578,6 +614,14 @@ impl Metrics {
 
     pub fn guard_denied(&self, reason: &'static str) {
         self.guard_denials
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A failed handshake on the TLS listener; `reason` is one of a fixed set
+    /// (`no_certificate`, `revoked`, `bad_certificate`, `timeout`, `other`).
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

@@ -23,6 +23,16 @@ pub struct ExplainArgs {
     /// The caller's source address.
     #[arg(long, default_value = "127.0.0.1")]
     source: IpAddr,
+    /// A URI SAN of a verified client certificate (repeatable), e.g. a SPIFFE ID,
+    /// as the TLS listener would pass it to `identify: { client_cert }`.
+    #[arg(long = "cert-uri")]
+    cert_uri: Vec<String>,
+    /// A DNS SAN of a verified client certificate (repeatable).
+    #[arg(long = "cert-dns")]
+    cert_dns: Vec<String>,
+    /// The subject CN of a verified client certificate.
+    #[arg(long = "cert-cn")]
+    cert_cn: Option<String>,
     /// Print the evaluation as JSON.
     #[arg(long)]
     json: bool,
@@ -66,6 +76,14 @@ pub fn main(args: ExplainArgs) -> ExitCode {
         }
     };
     let switches = Switches::default();
+    let client_cert = (!args.cert_uri.is_empty()
+        || !args.cert_dns.is_empty()
+        || args.cert_cn.is_some())
+    .then(|| tollgate_policy::ClientCert {
+        subject_cn: args.cert_cn.iter().cloned().collect(),
+        dns: args.cert_dns.clone(),
+        uri: args.cert_uri.clone(),
+    });
     let info = RequestInfo {
         kind: parsed.kind,
         method: &parsed.method,
@@ -80,6 +98,7 @@ pub fn main(args: ExplainArgs) -> ExitCode {
         } else {
             args.source
         },
+        client_cert: client_cert.as_ref(),
     };
     let mut eval = match evaluate(&policy, &info, &switches, args.consumer.as_deref()) {
         Ok(e) => e,

@@ -226,12 +226,27 @@ pub fn render(doc: &Value) -> String {
             );
         }
         if let Some(ms) = api["provider_backoff_ms"].as_u64() {
+            let shared = if api["provider_backoff_shared"] == true {
+                " (shared)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 notes,
-                "API {}: provider back-off for {} s more",
+                "API {}: provider back-off for {} s more{shared}",
                 cell(&api["name"]),
                 ms.div_ceil(1000)
             );
+        }
+        for (key, ms) in api["key_backoff_ms"].as_object().into_iter().flatten() {
+            if let Some(ms) = ms.as_u64() {
+                let _ = writeln!(
+                    notes,
+                    "API {}: credential key {key} backed off for {} s more",
+                    cell(&api["name"]),
+                    ms.div_ceil(1000)
+                );
+            }
         }
         if let Some(c) = api["concurrency"].as_object() {
             let _ = writeln!(
@@ -284,6 +299,7 @@ mod tests {
                     { "key": "00ff", "used": 2, "remaining": 3, "reset_after_ms": 1500 }
                   ], "keys_truncated": false, "queue_depth": 4 }
             ], "breaker": { "state": "open", "open_for_ms": 10 }, "provider_backoff_ms": 1500,
+               "provider_backoff_shared": true, "key_backoff_ms": { "a": 2500, "b": null },
                "concurrency": null }]
         });
         let t = render(&doc);
@@ -294,9 +310,14 @@ mod tests {
         assert!(t.contains("global (store unavailable)"), "{t}");
         assert!(t.contains("API gh: circuit breaker open\n"), "{t}");
         assert!(
-            t.contains("API gh: provider back-off for 2 s more\n"),
+            t.contains("API gh: provider back-off for 2 s more (shared)\n"),
             "{t}"
         );
+        assert!(
+            t.contains("API gh: credential key a backed off for 3 s more\n"),
+            "{t}"
+        );
+        assert!(!t.contains("credential key b"), "{t}");
         let row = t.lines().find(|l| l.contains("per-key")).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(

@@ -1,9 +1,12 @@
 //! The `tollgate` command: one binary, several subcommands.
 
 mod ca;
+mod control_plane;
+mod cp;
 mod discover;
 mod explain;
 mod limits_cli;
+mod managed;
 mod run;
 
 use std::path::PathBuf;
@@ -34,6 +37,11 @@ enum Command {
     /// default configuration: proxy on 127.0.0.1:8080, admin on 127.0.0.1:8081,
     /// public destinations allowed and logged, private and metadata addresses blocked.
     Run(run::RunArgs),
+    /// Run the control plane: the HTTPS API remote gateways enroll with and pull signed
+    /// configuration from, and operators manage the fleet through (SQLite under --data-dir).
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Operate a control plane: groups, enrollment tokens, config publishing, gateways.
+    Cp(cp::CpArgs),
     /// Check a configuration file (or directory). Prints every error with file,
     /// line, column and key path; exits 0 when valid, 1 otherwise.
     Validate {
@@ -70,6 +78,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::main(args),
+        Command::ControlPlane(args) => control_plane::main(args),
+        Command::Cp(args) => cp::main(args),
         Command::Validate { file } => validate(file),
         Command::Explain(args) => explain::main(args),
         Command::Limits(args) => limits_cli::main(args),

@@ -24,6 +24,11 @@ pub struct RunArgs {
     /// Override `listen.admin`.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Override `listen.proxy_tls.addr` (only when `listen.proxy_tls` is configured).
+    #[arg(long)]
+    proxy_tls_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    managed: crate::managed::ManagedArgs,
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
@@ -47,12 +52,32 @@ pub fn main(args: RunArgs) -> ExitCode {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
-    let source = match &args.config {
-        Some(p) => ConfigSource::Path(p.clone()),
-        None => ConfigSource::Embedded,
+    let metrics = Arc::new(Metrics::new());
+    // Managed gateway: the first configuration is the verified backup or the first bundle from
+    // the control plane; nothing listens before that (see managed.rs).
+    let mut managed = None;
+    let (source, policy, initial_version) = if let Some(url) = &args.managed.control_plane {
+        tollgate_telemetry::init_tracing("info");
+        let started =
+            crate::managed::start(&args.managed, url, Arc::clone(&metrics), wait_for_signal());
+        let Some((agent, ready)) = started.await? else {
+            return Ok(());
+        };
+        let version = ready.signed.bundle.version;
+        managed = Some((agent, ready.signed, ready.from_backup));
+        let source = ConfigSource::Managed {
+            control_plane: url.clone(),
+        };
+        (source, ready.policy, version)
+    } else {
+        let source = match &args.config {
+            Some(p) => ConfigSource::Path(p.clone()),
+            None => ConfigSource::Embedded,
+        };
+        let policy = load_policy(&source, 1)
+            .map_err(|errors| anyhow::anyhow!("invalid configuration\n{errors}"))?;
+        (source, policy, 1)
     };
-    let policy = load_policy(&source, 1)
-        .map_err(|errors| anyhow::anyhow!("invalid configuration\n{errors}"))?;
     tollgate_telemetry::init_tracing(&policy.config().logging.level);
 
     let proxy_addr = args.proxy_listen.unwrap_or(policy.config().listen.proxy);
@@ -66,9 +91,20 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot bind the admin listener on {admin_addr}"))?;
-    let own = vec![proxy_listener.local_addr()?, admin_listener.local_addr()?];
+    let mut own = vec![proxy_listener.local_addr()?, admin_listener.local_addr()?];
+    // The TLS listener's address is read at start; its certificates on every reload.
+    let tls_listener = match &policy.config().listen.proxy_tls {
+        Some(t) => {
+            let addr = args.proxy_tls_listen.unwrap_or(t.addr);
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the TLS proxy listener on {addr}"))?;
+            own.push(l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
 
-    let metrics = Arc::new(Metrics::new());
     let access_log = AccessLog::open(&policy.config().logging.access_log, Arc::clone(&metrics))
         .with_context(|| {
             format!(
@@ -78,14 +114,30 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         })?;
     let gateway = Gateway::new(policy, Arc::clone(&metrics), access_log.clone(), &own)
         .context("cannot start the gateway")?;
-    let reloader = Reloader::new(source.clone(), Arc::clone(&gateway), own.clone(), 1);
-    tollgate_proxy::reload::spawn_sighup(Arc::clone(&reloader))
-        .context("cannot install the SIGHUP handler")?;
+    let reloader = Reloader::new(
+        source.clone(),
+        Arc::clone(&gateway),
+        own.clone(),
+        initial_version,
+    );
+    let _agent_task = match managed {
+        // Managed: the agent applies new bundles; a local reload has nothing to load.
+        Some((agent, signed, from_backup)) => {
+            agent.started_with(&signed, from_backup);
+            Some(agent.spawn(Arc::clone(&reloader)))
+        }
+        None => {
+            tollgate_proxy::reload::spawn_sighup(Arc::clone(&reloader))
+                .context("cannot install the SIGHUP handler")?;
+            None
+        }
+    };
     let _watcher = tollgate_proxy::reload::spawn_file_watcher(Arc::clone(&reloader));
 
     tracing::info!(
         listen.proxy = %own[0],
         listen.admin = %own[1],
+        listen.proxy_tls = %own.get(2).map_or_else(String::new, ToString::to_string),
         config.source = %source.describe(),
         "listening"
     );
@@ -103,6 +155,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&gateway),
     ));
 
+    let proxy_tls = tls_listener
+        .map(|l| tokio::spawn(tollgate_proxy::serve_proxy_tls(l, Arc::clone(&gateway))));
+
     wait_for_signal().await?;
     tracing::info!(
         shutdown.grace_s = gateway.shutdown_grace().as_secs(),
@@ -111,6 +166,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     gateway.shutdown.trigger();
     if let Err(e) = proxy.await {
         tracing::error!(error = %e, "proxy task failed");
+    }
+    if let Some(t) = proxy_tls
+        && let Err(e) = t.await
+    {
+        tracing::error!(error = %e, "TLS proxy task failed");
     }
     if let Err(e) = admin.await {
         tracing::error!(error = %e, "admin task failed");

@@ -2,7 +2,9 @@
 //!
 //! Methods are tried in a fixed order: API keys (named headers first, then
 //! `Proxy-Authorization: Basic`/`Bearer`, then on routes `Authorization:
-//! Bearer`), trusted identity headers, then the connection's source address
+//! Bearer`), the verified client certificate on the TLS listener (URI SAN,
+//! then DNS SAN, then subject CN rules; a certificate no rule names falls
+//! through), trusted identity headers, then the connection's source address
 //! (most specific CIDR wins). Keys are compared in constant time against every
 //! configured key so timing reveals neither the key nor which consumer owns it
 //! (only its length, as `subtle` short-circuits on length).
@@ -58,7 +60,16 @@ pub(crate) enum Via {
     ProxyAuthorization,
     Authorization,
     Header(usize),
+    ClientCert(CertField),
     Source(IpNet),
+}
+
+/// Which certificate fact a `client_cert` rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CertField {
+    Uri,
+    Dns,
+    SubjectCn,
 }
 
 #[derive(Debug)]
@@ -88,6 +99,8 @@ pub(crate) struct Identifier {
     /// Keys presented in `Proxy-Authorization` (or `Authorization` on routes).
     default_keys: Vec<Key>,
     id_headers: Vec<IdHeader>,
+    /// `client_cert` rules: URI rules first, then DNS, then subject CN.
+    cert_rules: Vec<(CertField, String, usize)>,
     /// Most specific first.
     sources: Vec<(IpNet, usize)>,
     strip: Vec<HeaderName>,
@@ -222,6 +235,36 @@ impl Identifier {
                         }
                     }
                 }
+                Identify::ClientCert(c) => {
+                    let path = format!("consumers[{i}].identify.client_cert");
+                    let rule = match (&c.uri, &c.dns, &c.subject_cn) {
+                        (Some(v), None, None) => Some((CertField::Uri, v.clone())),
+                        // DNS names compare case-insensitively.
+                        (None, Some(v), None) => Some((CertField::Dns, v.to_ascii_lowercase())),
+                        (None, None, Some(v)) => Some((CertField::SubjectCn, v.clone())),
+                        _ => None,
+                    };
+                    let Some((field, value)) = rule.filter(|(_, v)| !v.is_empty()) else {
+                        errs.push(PathError {
+                            path,
+                            message: "set exactly one non-empty field of subject_cn, dns, uri"
+                                .to_owned(),
+                        });
+                        continue;
+                    };
+                    if let Some((_, _, prev)) = out
+                        .cert_rules
+                        .iter()
+                        .find(|(f, v, _)| *f == field && *v == value)
+                    {
+                        errs.push(PathError {
+                            path,
+                            message: format!("consumers[{prev}] matches the same certificate"),
+                        });
+                        continue;
+                    }
+                    out.cert_rules.push((field, value, i));
+                }
                 Identify::Source(list) => {
                     let path = format!("consumers[{i}].identify.source");
                     if list.is_empty() {
@@ -242,6 +285,8 @@ impl Identifier {
                 }
             }
         }
+        // URI SANs (SPIFFE IDs) are the most specific name a certificate carries.
+        out.cert_rules.sort_by_key(|(f, _, _)| *f as u8);
         // Most specific first; stable so equal prefixes keep config order.
         out.sources
             .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
@@ -305,6 +350,17 @@ impl Identifier {
                     via: Via::Authorization,
                 };
             }
+        }
+        if let Some(cert) = req.client_cert
+            && let Some(&(field, _, consumer)) = self
+                .cert_rules
+                .iter()
+                .find(|(field, value, _)| cert_has(cert, *field, value))
+        {
+            return Identity::Known {
+                consumer,
+                via: Via::ClientCert(field),
+            };
         }
         for (h, header) in self.id_headers.iter().enumerate() {
             match single(req.headers, &header.name) {
@@ -393,8 +449,20 @@ impl Identifier {
                 "by header {}",
                 self.id_headers.get(h).map_or("?", |h| h.name.as_str())
             ),
+            Via::ClientCert(CertField::Uri) => "by client certificate URI SAN".to_owned(),
+            Via::ClientCert(CertField::Dns) => "by client certificate DNS SAN".to_owned(),
+            Via::ClientCert(CertField::SubjectCn) => "by client certificate subject CN".to_owned(),
             Via::Source(net) => format!("by source address in {net}"),
         }
+    }
+}
+
+/// Does the certificate carry `value` (already lower-case for DNS) in `field`?
+fn cert_has(cert: &crate::request::ClientCert, field: CertField, value: &str) -> bool {
+    match field {
+        CertField::Uri => cert.uri.iter().any(|u| u == value),
+        CertField::Dns => cert.dns.iter().any(|d| d.eq_ignore_ascii_case(value)),
+        CertField::SubjectCn => cert.subject_cn.iter().any(|c| c == value),
     }
 }
 
@@ -766,5 +834,74 @@ mod tests {
         for e in &errs {
             assert!(!e.message.contains("hunter2"), "{e:?}");
         }
+    }
+
+    fn cert(cn: &str, dns: &[&str], uri: &[&str]) -> crate::request::ClientCert {
+        crate::request::ClientCert {
+            subject_cn: vec![cn.to_owned()],
+            dns: dns.iter().map(|s| (*s).to_owned()).collect(),
+            uri: uri.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn client_certificates_identify_by_uri_then_dns_then_cn() {
+        let p = policy(json!({
+            "unknown_consumer": { "action": "deny" },
+            "consumers": [
+                { "name": "by-cn", "identify": { "client_cert": { "subject_cn": "svc" } } },
+                { "name": "by-dns", "identify": { "client_cert": { "dns": "Svc.Example" } } },
+                { "name": "by-uri", "identify": { "client_cert": { "uri": "spiffe://t/ns/a" } } },
+                { "name": "keyed", "identify": { "api_key": { "key": "k1" } } }
+            ]
+        }));
+        let fwd = || Req::forward("http://api.example.com/x");
+        let who = |r: Req| {
+            let e = r.eval(&p);
+            (consumer(&e).map(str::to_owned), denied(&e))
+        };
+        let all = cert("svc", &["svc.example"], &["spiffe://t/ns/a"]);
+        assert_eq!(
+            who(fwd().client_cert(all.clone())).0.as_deref(),
+            Some("by-uri")
+        );
+        // DNS names compare case-insensitively; CN and URI exactly.
+        let dns = cert("other", &["SVC.example"], &["spiffe://t/ns/A"]);
+        assert_eq!(who(fwd().client_cert(dns)).0.as_deref(), Some("by-dns"));
+        let cn = cert("svc", &[], &[]);
+        assert_eq!(who(fwd().client_cert(cn)).0.as_deref(), Some("by-cn"));
+        // A certificate no rule names falls through to the other methods.
+        let none = cert("Svc", &[], &["spiffe://t/ns/b"]);
+        assert_eq!(
+            who(fwd().client_cert(none)).1,
+            Some("consumer_unidentified")
+        );
+        // An API key is tried first.
+        let keyed = fwd()
+            .client_cert(all)
+            .header("proxy-authorization", "Bearer k1");
+        assert_eq!(who(keyed).0.as_deref(), Some("keyed"));
+        // No certificate (the plain listener): no certificate rule matches.
+        assert_eq!(who(fwd()).1, Some("consumer_unidentified"));
+    }
+
+    #[test]
+    fn client_cert_rules_must_be_single_and_unique() {
+        let errs = compile_errors(json!({
+            "consumers": [
+                { "name": "a", "identify": { "client_cert": { "uri": "spiffe://t/a", "dns": "a" } } },
+                { "name": "b", "identify": { "client_cert": { "uri": "spiffe://t/b" } } },
+                { "name": "c", "identify": { "client_cert": { "uri": "spiffe://t/b" } } }
+            ]
+        }));
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"consumers[0].identify.client_cert"),
+            "{errs:?}"
+        );
+        assert!(
+            paths.contains(&"consumers[2].identify.client_cert"),
+            "{errs:?}"
+        );
     }
 }

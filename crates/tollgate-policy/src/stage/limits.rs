@@ -93,8 +93,56 @@ pub struct PlannedLimit {
     pub window_secs: u64,
     pub scope: LimitScope,
     pub on_store_failure: OnStoreFailure,
-    /// Key, algorithm and cost, ready for a store.
+    /// Key, algorithm and cost, ready for a store. For a limit whose cost is read from the
+    /// response, `request.cost` is the `reserve` charged at admission.
     pub request: LimitRequest,
+    /// The response's cost beyond the reserve is charged when the response ends.
+    pub response_cost: Option<ResponseCost>,
+}
+
+/// A cost read from the response (`cost.response_bytes` / `cost.response_json`), charged to the
+/// limit's key once the response body has ended (see docs/stages/limits.md, "Cost").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseCost {
+    /// The bytes of the response body sent to the client.
+    Bytes,
+    /// The whole number at this path of the response JSON; `default` when absent.
+    Json { path: Arc<[String]>, default: u64 },
+}
+
+impl ResponseCost {
+    /// The response's cost: `bytes` sent, or the number found in `body` (the first bytes of
+    /// the body when it was longer than the buffer: then `complete` is false).
+    pub fn units(&self, bytes: u64, body: &[u8], complete: bool) -> u64 {
+        match self {
+            ResponseCost::Bytes => bytes,
+            ResponseCost::Json { path, default } => {
+                if !complete {
+                    return *default;
+                }
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    return *default;
+                };
+                let mut at = &v;
+                for p in path.iter() {
+                    match at.get(p.as_str()) {
+                        Some(next) => at = next,
+                        None => return *default,
+                    }
+                }
+                match at {
+                    serde_json::Value::Number(n) => n
+                        .as_u64()
+                        .or_else(|| {
+                            // Saturating float→int is intended: 12.0 tokens is 12.
+                            n.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64)
+                        })
+                        .unwrap_or(*default),
+                    _ => *default,
+                }
+            }
+        }
+    }
 }
 
 /// Every limit of the request's API, in config order, and how a refusal is enforced.
@@ -210,6 +258,9 @@ struct Compiled {
     on_store_failure: OnStoreFailure,
     /// Read the cost from this header (else 1).
     cost_header: Option<HeaderName>,
+    /// Cost read from the response; the request is charged `reserve` at admission.
+    response_cost: Option<ResponseCost>,
+    reserve: u64,
     /// Guaranteed shares by consumer (`shares`), see [`super::shares`].
     shares: Option<super::shares::CompiledShares>,
 }
@@ -341,9 +392,9 @@ impl Limits {
                         }
                     },
                 };
-                let cost_header = match &l.cost {
+                let cost_header = match l.cost.as_ref().and_then(|c| c.header.as_ref()) {
                     None => None,
-                    Some(c) => match HeaderName::from_bytes(c.header.as_bytes()) {
+                    Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
                         Ok(n) => Some(n),
                         Err(_) => {
                             bad("cost.header", "not a valid header name");
@@ -351,6 +402,17 @@ impl Limits {
                         }
                     },
                 };
+                let response_cost = l.cost.as_ref().and_then(|c| {
+                    if c.response_bytes {
+                        Some(ResponseCost::Bytes)
+                    } else {
+                        c.response_json.as_ref().map(|p| ResponseCost::Json {
+                            path: p.split('.').map(str::to_owned).collect(),
+                            default: c.default.unwrap_or(0),
+                        })
+                    }
+                });
+                let reserve = l.cost.as_ref().and_then(|c| c.reserve).unwrap_or(1).max(1);
                 list.push(Compiled {
                     name: Arc::from(l.name.as_str()),
                     key_prefix: format!("{}:{}:", api.name, l.name),
@@ -361,6 +423,8 @@ impl Limits {
                     scope: l.scope,
                     on_store_failure: l.on_store_failure,
                     cost_header,
+                    response_cost,
+                    reserve,
                     shares: super::shares::CompiledShares::compile(l),
                 });
             }
@@ -441,6 +505,7 @@ impl Limits {
                     shares: l.shares.as_ref().and_then(|s| s.of(who.consumer)),
                     ..LimitRequest::new(key(l, req, &who), l.spec, cost(l, req))
                 },
+                response_cost: l.response_cost.clone(),
             })
             .collect();
         let plan = LimitPlan {
@@ -456,7 +521,12 @@ impl Limits {
                     LimitScope::Local => "local",
                     LimitScope::Global => "global",
                 };
-                let _ = write!(s, " {} ({scope}, cost {})", l.name, l.request.cost);
+                let _ = write!(s, " {} ({scope}, cost {}", l.name, l.request.cost);
+                s.push_str(match l.response_cost {
+                    Some(ResponseCost::Bytes) => " + response bytes)",
+                    Some(ResponseCost::Json { .. }) => " + response JSON)",
+                    None => ")",
+                });
             }
             s.push_str("; charged by the admission step");
             s
@@ -468,6 +538,10 @@ impl Limits {
 /// The request's cost: the `cost.header` value (whole number ≥ 1; missing or invalid → 1),
 /// capped at the quota so a heavy request can still pass an empty window.
 fn cost(l: &Compiled, req: &RequestInfo<'_>) -> u64 {
+    if l.response_cost.is_some() {
+        // The reserve; the rest is charged when the response ends.
+        return l.reserve.min(l.quota.max(1));
+    }
     let Some(h) = &l.cost_header else {
         return 1;
     };

@@ -317,3 +317,21 @@ fn cost_header_weighs_requests_and_month_windows_compile() {
     assert_eq!(e.limits.clone().unwrap().results[0].decision.remaining, 2);
     assert_eq!(denied(&eval(&local_only, &store, &gh("a"))), None);
 }
+
+#[test]
+fn response_cost_reads_bytes_and_json_paths() {
+    let json = ResponseCost::Json {
+        path: ["usage", "total_tokens"].map(str::to_owned).into(),
+        default: 7,
+    };
+    let body = br#"{"usage":{"prompt_tokens":3,"total_tokens":812}}"#;
+    assert_eq!(json.units(0, body, true), 812);
+    // Cut short or too long for the buffer: the default.
+    assert_eq!(json.units(0, body, false), 7);
+    assert_eq!(json.units(0, b"not json", true), 7);
+    assert_eq!(json.units(0, br#"{"usage":{}}"#, true), 7);
+    assert_eq!(json.units(0, br#"{"usage":{"total_tokens":"9"}}"#, true), 7);
+    assert_eq!(json.units(0, br#"{"usage":{"total_tokens":-2}}"#, true), 7);
+    assert_eq!(json.units(0, br#"{"usage":{"total_tokens":2.5}}"#, true), 3);
+    assert_eq!(ResponseCost::Bytes.units(1234, b"", false), 1234);
+}

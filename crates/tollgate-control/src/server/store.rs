@@ -1,0 +1,705 @@
+//! The control plane's persistent state: groups, operator tokens, enrollment tokens, gateways,
+//! config versions and the audit log.
+//!
+//! [`Store`] is an enum over back ends so PostgreSQL (for several replicas behind a load
+//! balancer) can be added as a second variant; today only embedded SQLite exists, and
+//! `--database-url` is refused with a clear message. SQLite work is blocking, so every call runs
+//! on tokio's blocking pool with the one connection behind a mutex (SQLite serialises writers
+//! anyway, and the control plane's write rate is tiny).
+//!
+//! Migrations: ordered SQL files embedded with `include_str!`, applied inside one transaction
+//! each and recorded in `schema_migrations`; a database newer than this binary is refused.
+//!
+//! Secrets (operator tokens, enrollment tokens, gateway credentials) are stored only as SHA-256
+//! hashes. A plain, unsalted hash is enough because every token is 256 bits from the OS random
+//! source: there is no dictionary to attack, so a slow password hash would only cost latency on
+//! every gateway call. Lookups compare hashes, not tokens, so a timing side channel reveals
+//! at most a prefix of a hash, which does not help forge a token.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::protocol::{AuditEntry, ConfigVersion, GatewayInfo, Group};
+
+/// Ordered migrations; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this binary supports ({supported})")]
+    TooNew { found: i64, supported: i64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("database worker failed: {0}")]
+    Worker(String),
+}
+
+/// Operator role carried by an operator token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated operator.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub name: String,
+    pub role: Role,
+}
+
+/// An authenticated gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayAuth {
+    pub id: String,
+    pub group: String,
+    pub revoked: bool,
+}
+
+/// A new config version to record.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub group: String,
+    pub version: u64,
+    pub yaml: String,
+    pub sha256: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub signed_bundle: String,
+}
+
+/// Back ends. Add `Postgres(..)` here; every method dispatches on the variant.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(Sqlite),
+}
+
+/// Embedded SQLite: one file, one connection.
+#[derive(Debug, Clone)]
+pub struct Sqlite {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database file and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        let mut conn = Connection::open(path)?;
+        // WAL: readers (long-polls, listings) do not block the occasional writer.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Sqlite {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Worker("database mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+/// Applies every migration newer than the recorded schema version.
+pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, crate::server::unix_now() as i64],
+        )?;
+        tx.commit()?;
+        tracing::info!(schema.version = version, "control plane database migrated");
+    }
+    Ok(supported)
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
+}
+
+fn labels_parse(s: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+macro_rules! dispatch {
+    ($self:ident, |$c:ident| $body:expr) => {
+        match $self {
+            Store::Sqlite(s) => s.run(move |$c| $body).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store: SQLite under `data_dir` unless a database URL is given.
+    pub fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store, StoreError> {
+        if let Some(url) = database_url {
+            return Err(StoreError::Worker(format!(
+                "--database-url {:?}: PostgreSQL is not supported yet; omit it to use the embedded SQLite database",
+                redact_url(url)
+            )));
+        }
+        Ok(Store::Sqlite(Sqlite::open(
+            &data_dir.join("control-plane.db"),
+        )?))
+    }
+
+    pub async fn operator_count(&self) -> Result<u64, StoreError> {
+        dispatch!(self, |c| Ok(
+            c.query_row("SELECT COUNT(*) FROM operator_tokens", [], |r| r
+                .get::<_, i64>(0))? as u64
+        ))
+    }
+
+    pub async fn create_operator(
+        &self,
+        name: String,
+        role: Role,
+        token_hash: String,
+        actor: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO operator_tokens (name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, role.as_str(), token_hash, crate::server::unix_now() as i64],
+            )
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("operator token {name:?} already exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+            audit_tx(
+                &tx,
+                &actor,
+                "operator.create",
+                &name,
+                serde_json::json!({"role": role.as_str()}),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub async fn operator_by_hash(&self, hash: String) -> Result<Option<Operator>, StoreError> {
+        dispatch!(self, |c| {
+            let row = c
+                .query_row(
+                    "SELECT name, role FROM operator_tokens WHERE token_hash = ?1",
+                    params![hash],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            Ok(row.and_then(|(name, role)| Role::parse(&role).map(|role| Operator { name, role })))
+        })
+    }
+
+    pub async fn create_group(
+        &self,
+        name: String,
+        labels: BTreeMap<String, String>,
+        actor: String,
+    ) -> Result<Group, StoreError> {
+        dispatch!(self, |c| {
+            let now = crate::server::unix_now();
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO groups (name, labels, created_at) VALUES (?1, ?2, ?3)",
+                params![name, labels_json(&labels), now as i64],
+            )
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("group {name:?} already exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+            audit_tx(
+                &tx,
+                &actor,
+                "group.create",
+                &name,
+                serde_json::json!({"labels": labels}),
+            )?;
+            tx.commit()?;
+            Ok(Group {
+                name,
+                labels,
+                created_at: now,
+                assigned_version: 0,
+            })
+        })
+    }
+
+    pub async fn groups(&self) -> Result<Vec<Group>, StoreError> {
+        dispatch!(self, |c| {
+            let mut st = c.prepare(
+                "SELECT name, labels, created_at, assigned_version FROM groups ORDER BY name",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(Group {
+                    name: r.get(0)?,
+                    labels: labels_parse(&r.get::<_, String>(1)?),
+                    created_at: r.get::<_, i64>(2)? as u64,
+                    assigned_version: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub async fn group_exists(&self, name: String) -> Result<bool, StoreError> {
+        dispatch!(self, |c| Ok(c
+            .query_row(
+                "SELECT 1 FROM groups WHERE name = ?1",
+                params![name],
+                |_| Ok(())
+            )
+            .optional()?
+            .is_some()))
+    }
+
+    pub async fn create_enrollment_token(
+        &self,
+        group: String,
+        token_hash: String,
+        expires_at: u64,
+        actor: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, |c| {
+            let tx = c.transaction()?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM groups WHERE name = ?1",
+                    params![group],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(format!("no group {group:?}")));
+            }
+            tx.execute(
+                "INSERT INTO enrollment_tokens (token_hash, group_name, created_at, expires_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_hash, group, crate::server::unix_now() as i64, expires_at as i64, actor],
+            )?;
+            audit_tx(
+                &tx,
+                &actor,
+                "enrollment_token.create",
+                &group,
+                serde_json::json!({"expires_at": expires_at}),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Consumes an enrollment token and registers the gateway, atomically: of two concurrent
+    /// enrollments with one token exactly one succeeds. `Ok(None)` = unknown, used or expired.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enroll(
+        &self,
+        token_hash: String,
+        gateway_id: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+        credential_hash: String,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, |c| {
+            let now = crate::server::unix_now();
+            let tx = c.transaction()?;
+            let group: Option<String> = tx
+                .query_row(
+                    "UPDATE enrollment_tokens SET used_at = ?2, used_by = ?3
+                     WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+                     RETURNING group_name",
+                    params![token_hash, now as i64, gateway_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(group) = group else {
+                return Ok(None);
+            };
+            tx.execute(
+                "INSERT INTO gateways (id, name, group_name, labels, credential_hash, enrolled_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![gateway_id, name, group, labels_json(&labels), credential_hash, now as i64],
+            )?;
+            audit_tx(
+                &tx,
+                &format!("gateway:{gateway_id}"),
+                "gateway.enroll",
+                &gateway_id,
+                serde_json::json!({"group": group, "name": name, "labels": labels}),
+            )?;
+            tx.commit()?;
+            Ok(Some(group))
+        })
+    }
+
+    /// Looks a gateway up by credential hash and records that it was seen.
+    pub async fn gateway_by_hash(&self, hash: String) -> Result<Option<GatewayAuth>, StoreError> {
+        dispatch!(self, |c| {
+            let row = c
+                .query_row(
+                    "SELECT id, group_name, revoked FROM gateways WHERE credential_hash = ?1",
+                    params![hash],
+                    |r| {
+                        Ok(GatewayAuth {
+                            id: r.get(0)?,
+                            group: r.get(1)?,
+                            revoked: r.get::<_, i64>(2)? != 0,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(g) = &row
+                && !g.revoked
+            {
+                c.execute(
+                    "UPDATE gateways SET last_seen = ?2 WHERE id = ?1",
+                    params![g.id, crate::server::unix_now() as i64],
+                )?;
+            }
+            Ok(row)
+        })
+    }
+
+    pub async fn gateways(&self) -> Result<Vec<GatewayInfo>, StoreError> {
+        dispatch!(self, |c| {
+            let mut st = c.prepare(
+                "SELECT g.id, g.name, g.group_name, g.labels, g.enrolled_at, g.revoked, g.last_seen,
+                        g.applied_version, g.healthy, g.last_error, g.applied_at_ms, gr.assigned_version
+                 FROM gateways g JOIN groups gr ON gr.name = g.group_name
+                 ORDER BY g.group_name, g.name, g.id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(GatewayInfo {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    group: r.get(2)?,
+                    labels: labels_parse(&r.get::<_, String>(3)?),
+                    enrolled_at: r.get::<_, i64>(4)? as u64,
+                    revoked: r.get::<_, i64>(5)? != 0,
+                    last_seen: r.get::<_, i64>(6)? as u64,
+                    applied_version: r.get::<_, i64>(7)? as u64,
+                    healthy: r.get::<_, i64>(8)? != 0,
+                    last_error: r.get(9)?,
+                    applied_at_ms: r.get::<_, i64>(10)? as u64,
+                    group_version: r.get::<_, i64>(11)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub async fn revoke(&self, id: String, actor: String) -> Result<(), StoreError> {
+        dispatch!(self, |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("UPDATE gateways SET revoked = 1 WHERE id = ?1", params![id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no gateway {id:?}")));
+            }
+            audit_tx(&tx, &actor, "gateway.revoke", &id, serde_json::json!({}))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Records a status report. Returns the publish-to-applied time in ms when this report is
+    /// the first to name a newly applied version.
+    pub async fn report_status(
+        &self,
+        id: String,
+        applied_version: u64,
+        healthy: bool,
+        last_error: Option<String>,
+        started_at: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, |c| {
+            let now_ms = crate::server::unix_now_ms();
+            let tx = c.transaction()?;
+            let (prev, group): (i64, String) = tx.query_row(
+                "SELECT applied_version, group_name FROM gateways WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let changed = prev as u64 != applied_version;
+            tx.execute(
+                "UPDATE gateways SET applied_version = ?2, healthy = ?3, last_error = ?4, started_at = ?5,
+                        applied_at_ms = CASE WHEN ?6 THEN ?7 ELSE applied_at_ms END
+                 WHERE id = ?1",
+                params![id, applied_version as i64, healthy as i64, last_error, started_at as i64, changed, now_ms as i64],
+            )?;
+            let mut lag = None;
+            if changed && applied_version > 0 {
+                let published: Option<i64> = tx
+                    .query_row(
+                        "SELECT created_at_ms FROM config_versions WHERE group_name = ?1 AND version = ?2",
+                        params![group, applied_version as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                lag = published.map(|p| now_ms.saturating_sub(p as u64));
+                audit_tx(
+                    &tx,
+                    &format!("gateway:{id}"),
+                    "config.applied",
+                    &id,
+                    serde_json::json!({"group": group, "version": applied_version, "publish_to_applied_ms": lag}),
+                )?;
+            }
+            tx.commit()?;
+            Ok(lag)
+        })
+    }
+
+    /// The next version number for a group (1 for the first).
+    pub async fn next_version(&self, group: String) -> Result<u64, StoreError> {
+        dispatch!(self, |c| {
+            let v: Option<i64> = c
+                .query_row(
+                    "SELECT (SELECT COALESCE(MAX(version), 0) FROM config_versions WHERE group_name = ?1)
+                     FROM groups WHERE name = ?1",
+                    params![group],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match v {
+                Some(v) => Ok(v as u64 + 1),
+                None => Err(StoreError::NotFound(format!("no group {group:?}"))),
+            }
+        })
+    }
+
+    /// Stores a signed version and assigns it to its group. Fails with `Conflict` when another
+    /// publish took the same version number first (the caller retries with a fresh number).
+    pub async fn publish(&self, v: NewVersion) -> Result<(), StoreError> {
+        dispatch!(self, |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO config_versions (group_name, version, yaml, sha256, created_at_ms, created_by, signed_bundle)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![v.group, v.version as i64, v.yaml, v.sha256, v.created_at_ms as i64, v.created_by, v.signed_bundle],
+            )
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("version {} of {:?} already exists", v.version, v.group))
+                } else {
+                    e.into()
+                }
+            })?;
+            tx.execute(
+                "UPDATE groups SET assigned_version = ?2 WHERE name = ?1",
+                params![v.group, v.version as i64],
+            )?;
+            audit_tx(
+                &tx,
+                &v.created_by,
+                "config.publish",
+                &v.group,
+                serde_json::json!({"version": v.version, "sha256": v.sha256}),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub async fn versions(&self, group: String) -> Result<Vec<ConfigVersion>, StoreError> {
+        dispatch!(self, |c| {
+            let assigned: Option<i64> = c
+                .query_row(
+                    "SELECT assigned_version FROM groups WHERE name = ?1",
+                    params![group],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(assigned) = assigned else {
+                return Err(StoreError::NotFound(format!("no group {group:?}")));
+            };
+            let mut st = c.prepare(
+                "SELECT version, created_at_ms, created_by, sha256 FROM config_versions
+                 WHERE group_name = ?1 ORDER BY version DESC",
+            )?;
+            let rows = st.query_map(params![group], |r| {
+                let version: i64 = r.get(0)?;
+                Ok(ConfigVersion {
+                    version: version as u64,
+                    created_at_ms: r.get::<_, i64>(1)? as u64,
+                    created_by: r.get(2)?,
+                    sha256: r.get(3)?,
+                    assigned: version == assigned,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The group's assigned version and its signed bundle (JSON), if any.
+    pub async fn assigned_bundle(
+        &self,
+        group: String,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        dispatch!(self, |c| {
+            let row = c
+                .query_row(
+                    "SELECT v.version, v.signed_bundle FROM groups g
+                     JOIN config_versions v ON v.group_name = g.name AND v.version = g.assigned_version
+                     WHERE g.name = ?1",
+                    params![group],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            Ok(row)
+        })
+    }
+
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        dispatch!(self, |c| {
+            let mut st = c.prepare(
+                "SELECT id, at_ms, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = st.query_map(params![limit as i64], |r| {
+                Ok(AuditEntry {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at_ms: r.get::<_, i64>(1)? as u64,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: serde_json::from_str(&r.get::<_, String>(5)?)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+/// Writes an audit record inside the caller's transaction, so a change and its record commit
+/// (or roll back) together.
+fn audit_tx(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            crate::server::unix_now_ms() as i64,
+            actor,
+            action,
+            target,
+            detail.to_string()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Hides a password in a database URL before it is printed.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_idempotent_and_recorded() {
+        let mut c = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut c).unwrap(), 1);
+        assert_eq!(migrate(&mut c).unwrap(), 1);
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c).unwrap();
+        c.execute("INSERT INTO schema_migrations VALUES (99, 0)", [])
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut c),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn url_password_is_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@db/x"), "postgres://***@db/x");
+    }
+}
