@@ -32,15 +32,9 @@ pub struct ControlPlaneArgs {
 }
 
 pub fn main(args: ControlPlaneArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime::build(crate::runtime::Flavor::Server) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     tollgate_telemetry::init_tracing("info");
     runtime.block_on(async move {

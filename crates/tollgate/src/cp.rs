@@ -121,15 +121,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn main(args: CpArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime::build(crate::runtime::Flavor::Client) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,15 +39,9 @@ pub struct DiscoverArgs {
 }
 
 pub fn main(args: DiscoverArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime::build(crate::runtime::Flavor::Client) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let fetched = rt.block_on(crate::limits_cli::admin_get(
         &args.admin,

@@ -24,15 +24,9 @@ pub struct LimitsArgs {
 }
 
 pub fn main(args: LimitsArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime::build(crate::runtime::Flavor::Client) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(fetch(&args)) {
         Ok(doc) => {

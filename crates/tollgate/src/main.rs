@@ -8,6 +8,7 @@ mod explain;
 mod limits_cli;
 mod managed;
 mod run;
+mod runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
