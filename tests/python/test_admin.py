@@ -64,7 +64,7 @@ def test_health_ready_and_metrics(gateway, upstream):
         assert gw.get(f"{upstream.base}/m", headers={"x-tollgate-consumer": "checkout"}).status_code == 200
     assert gw.route("GET", "/other/m").status_code == 200
     gw.get("http://10.0.0.1/blocked")
-    gw.wait_access(lambda e: e.get("host") == "10.0.0.1")
+    blocked = gw.wait_access(lambda e: e.get("host") == "10.0.0.1")
     r = gw.admin("GET", "/metrics")
     assert r.status_code == 200
     # Prometheus text or OpenMetrics exposition.
@@ -76,6 +76,11 @@ def test_health_ready_and_metrics(gateway, upstream):
     assert "_bucket" in m  # latency histograms
     # Bounded labels: raw hosts and paths never become label values.
     assert "/m\"" not in m and "10.0.0.1" not in m
+    # Refusals are counted by their tollgate-error code; plain successes are not.
+    assert blocked["reason"], blocked
+    assert metric_value(m, "tollgate_request_reasons_total", api="none", decision="deny",
+                        reason=blocked["reason"]) == 1, m
+    assert metric_value(m, "tollgate_request_reasons_total", api="echo") is None, m
     # Guard denials are counted by reason.
     assert any(line.startswith("tollgate_guard") and not line.startswith("#") for line in m.splitlines()), m
 

@@ -1,6 +1,7 @@
 //! The control plane over real HTTPS on loopback: enrollment, publishing (valid and invalid),
 //! long-poll wake-up and timeout, bundle signatures, revocation, roles, audit and persistence
-//! across a restart on the same data directory.
+//! across a restart on the same data directory — each on both stores: embedded SQLite and the real
+//! PostgreSQL at 127.0.0.1:5432 (a throw-away database per test; `$PGUSER` or `postgres`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,11 +23,75 @@ struct Cp {
     client: Client,
 }
 
+tokio::task_local! {
+    /// The PostgreSQL URL of the current test's database; unset = embedded SQLite.
+    static PG_URL: String;
+}
+
+fn pg_url() -> Option<String> {
+    PG_URL.try_with(|u| u.clone()).ok()
+}
+
+fn pg_user() -> String {
+    std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())
+}
+
+async fn pg_admin(url: &str, sql: &str) {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432");
+    tokio::spawn(conn);
+    c.batch_execute(sql).await.unwrap();
+}
+
+/// Runs a test body against the real PostgreSQL at 127.0.0.1:5432 in a throw-away database
+/// (random name, dropped after).
+async fn on_postgres(body: impl std::future::Future<Output = ()>) {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).unwrap();
+    let name = format!(
+        "tg_srv_{}",
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let admin = format!("postgres://{}@127.0.0.1:5432/test", pg_user());
+    pg_admin(&admin, &format!("CREATE DATABASE {name}")).await;
+    let url = format!("postgres://{}@127.0.0.1:5432/{name}", pg_user());
+    PG_URL.scope(url, body).await;
+    pg_admin(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
+
+/// Runs one statement (no parameters) directly on the test's database, either back end.
+async fn exec_sql(dir: &std::path::Path, sql: &str) {
+    match pg_url() {
+        Some(url) => pg_admin(&url, sql).await,
+        None => {
+            let db = rusqlite::Connection::open(dir.join("control-plane.db")).unwrap();
+            db.execute_batch(sql).unwrap();
+        }
+    }
+}
+
+/// Every test runs twice: `<sqlite mod>::name` and `<postgres mod>::name`.
+macro_rules! on_both_stores {
+    ($sqlite:ident, $postgres:ident, #[$attr:meta] $($name:ident),* $(,)?) => {
+        mod $sqlite {
+            $( #[$attr] async fn $name() { super::$name().await } )*
+        }
+        mod $postgres {
+            $( #[$attr] async fn $name() { super::on_postgres(super::$name()).await } )*
+        }
+    };
+}
+
 async fn boot(dir: &std::path::Path) -> Cp {
     let run = start(ServerConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: None,
+        database_url: pg_url(),
         tls_cert: None,
         tls_key: None,
     })
@@ -116,7 +181,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test]
 async fn enroll_publish_poll_verify_revoke() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -342,7 +406,6 @@ async fn enroll_publish_poll_verify_revoke() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn viewer_is_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -413,7 +476,6 @@ async fn viewer_is_read_only() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn state_persists_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -485,7 +547,6 @@ async fn state_persists_across_restart() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn publish_to_unknown_group_and_bad_names() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -530,7 +591,6 @@ async fn publish_to_unknown_group_and_bad_names() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn gateway_side_secrets_do_not_block_publish_but_bad_references_do() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -565,7 +625,6 @@ async fn gateway_side_secrets_do_not_block_publish_but_bad_references_do() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn a_gateway_sees_only_its_own_group() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -623,7 +682,6 @@ async fn a_gateway_sees_only_its_own_group() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn an_old_bundle_is_re_signed_with_a_fresh_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -652,15 +710,16 @@ async fn an_old_bundle_is_re_signed_with_a_fresh_expiry() {
     cp.run.stop();
 
     // Age the stored bundle: it now expires in 60 s.
-    let db = rusqlite::Connection::open(dir.path().join("control-plane.db")).unwrap();
     let mut old = fresh.clone();
     old["bundle"]["expires_at"] = json!(now() + 60);
-    db.execute(
-        "UPDATE config_versions SET signed_bundle = ?1",
-        [old.to_string()],
+    exec_sql(
+        dir.path(),
+        &format!(
+            "UPDATE config_versions SET signed_bundle = '{}'",
+            old.to_string().replace('\'', "''")
+        ),
     )
-    .unwrap();
-    drop(db);
+    .await;
 
     let cp = boot(dir.path()).await;
     let (s, v) = cp
@@ -685,7 +744,6 @@ async fn an_old_bundle_is_re_signed_with_a_fresh_expiry() {
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn an_enrollment_token_wins_once_under_concurrency_and_expires() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -744,19 +802,16 @@ async fn an_enrollment_token_wins_once_under_concurrency_and_expires() {
         .as_str()
         .unwrap()
         .to_owned();
-    let db = rusqlite::Connection::open(dir.path().join("control-plane.db")).unwrap();
-    db.execute(
+    exec_sql(
+        dir.path(),
         "UPDATE enrollment_tokens SET expires_at = 1 WHERE used_at IS NULL",
-        [],
     )
-    .unwrap();
-    drop(db);
+    .await;
     let (s, _) = cp.enroll(&token, "late").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     cp.run.stop();
 }
 
-#[tokio::test]
 async fn malformed_requests_get_json_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -789,7 +844,6 @@ async fn malformed_requests_get_json_errors() {
 /// The OpenAPI description must not drift from the server: every documented route answers
 /// (not the "no such endpoint" fallback, not 405), and each schema lists exactly the fields the
 /// wire types serialise.
-#[tokio::test]
 async fn openapi_matches_the_server() {
     use std::collections::BTreeSet;
     use tollgate_control::protocol::*;
@@ -908,7 +962,6 @@ async fn openapi_matches_the_server() {
 }
 
 /// One publish wakes every held long-poll of the group: 50 gateways, one publish, 50 bundles.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publish_wakes_fifty_long_polls() {
     let dir = tempfile::tempdir().unwrap();
     let cp = boot(dir.path()).await;
@@ -977,3 +1030,26 @@ async fn one_publish_wakes_fifty_long_polls() {
     }
     cp.run.stop();
 }
+
+on_both_stores!(
+    sqlite,
+    postgres,
+    #[tokio::test]
+    enroll_publish_poll_verify_revoke,
+    viewer_is_read_only,
+    state_persists_across_restart,
+    publish_to_unknown_group_and_bad_names,
+    gateway_side_secrets_do_not_block_publish_but_bad_references_do,
+    a_gateway_sees_only_its_own_group,
+    an_old_bundle_is_re_signed_with_a_fresh_expiry,
+    an_enrollment_token_wins_once_under_concurrency_and_expires,
+    malformed_requests_get_json_errors,
+    openapi_matches_the_server,
+);
+
+on_both_stores!(
+    sqlite_multi_thread,
+    postgres_multi_thread,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    one_publish_wakes_fifty_long_polls,
+);

@@ -75,6 +75,10 @@ impl Completion {
             (None, true) => None,
         };
         let gw = &self.gateway;
+        if let Some(r) = reason {
+            gw.metrics
+                .request_reason(self.api.as_deref().unwrap_or(""), self.decision, r);
+        }
         gw.metrics.observe_request(&RequestObservation {
             kind: self.kind.as_str(),
             api: self.api.as_deref().unwrap_or(""),

@@ -12,6 +12,7 @@ mod dlp;
 mod handle_cache;
 mod histogram;
 mod limit_store;
+mod outcomes;
 mod queueing;
 
 use std::fmt;
@@ -182,6 +183,7 @@ pub struct Metrics {
     cache: cache::CacheMetrics,
     discovery: discovery::DiscoveryMetrics,
     control: control::ControlMetrics,
+    outcomes: outcomes::OutcomeMetrics,
 }
 
 /// Retries, circuit breaker and provider back-off (rare events: no handle cache needed).
@@ -367,6 +369,7 @@ impl Metrics {
         let cache = cache::CacheMetrics::register(&mut registry);
         let discovery = discovery::DiscoveryMetrics::register(&mut registry);
         let control = control::ControlMetrics::register(&mut registry);
+        let outcomes = outcomes::OutcomeMetrics::register(&mut registry);
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -408,6 +411,7 @@ impl Metrics {
             cache,
             discovery,
             control,
+            outcomes,
         }
     }
 

@@ -20,7 +20,8 @@ pub struct ControlPlaneArgs {
     /// HTTPS listen address.
     #[arg(long, env = "TOLLGATE_CP_LISTEN", default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
-    /// PostgreSQL URL (not supported yet: the embedded SQLite database is used when omitted).
+    /// PostgreSQL URL (`postgres://user:pass@host:5432/db`, no TLS) for several replicas on one
+    /// database; the embedded SQLite database under --data-dir is used when omitted.
     #[arg(long, env = "TOLLGATE_CP_DATABASE_URL")]
     database_url: Option<String>,
     /// PEM certificate chain to serve instead of the generated self-signed one (with --tls-key).

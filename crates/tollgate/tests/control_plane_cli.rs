@@ -228,16 +228,69 @@ fn operator_flow_through_the_cli() {
     assert!(stderr(&o).to_lowercase().contains("tls"), "{}", stderr(&o));
 }
 
+/// Runs one statement on the real PostgreSQL (database `test`, user `$PGUSER` or `postgres`).
+fn pg_admin(sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+        let (c, conn) = tokio_postgres::connect(
+            &format!("postgres://{user}@127.0.0.1:5432/test"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432");
+        tokio::spawn(conn);
+        c.batch_execute(sql).await.unwrap();
+    });
+}
+
 #[test]
-fn database_url_is_refused_until_postgres_lands() {
+fn database_url_starts_on_postgres_and_a_bad_one_hides_its_password() {
+    // A good URL: the server migrates a fresh database and starts (prints its admin token).
+    let db = format!("tg_cli_{}", std::process::id());
+    pg_admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    pg_admin(&format!("CREATE DATABASE {db}"));
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
     let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["control-plane", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env(
+            "TOLLGATE_CP_DATABASE_URL",
+            format!("postgres://{user}@127.0.0.1:5432/{db}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .take(4)
+        .map(|l| l.unwrap())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    pg_admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    assert!(
+        lines[0].starts_with("control plane listening on https://"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("admin operator token")),
+        "{lines:?}"
+    );
+
+    // A bad URL (nothing listens on port 1): a clear error, without the password.
     let o = Command::new(BIN)
         .args([
             "control-plane",
             "--listen",
             "127.0.0.1:0",
             "--database-url",
-            "postgres://u:secret@127.0.0.1/x",
+            "postgres://u:secret@127.0.0.1:1/x",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -245,7 +298,10 @@ fn database_url_is_refused_until_postgres_lands() {
         .unwrap();
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("PostgreSQL is not supported yet"), "{err}");
+    assert!(
+        err.contains("cannot connect to postgres://***@127.0.0.1:1/x"),
+        "{err}"
+    );
     assert!(
         !err.contains("secret"),
         "the password must not be printed: {err}"

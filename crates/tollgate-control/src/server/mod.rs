@@ -8,9 +8,11 @@
 //!
 //! Long-polls: each group has a `tokio::sync::watch` channel carrying its assigned version; a
 //! publish sends on it, which wakes every gateway of the group holding a
-//! `GET /v1/gateway/config` at once.
+//! `GET /v1/gateway/config` at once. With PostgreSQL the publish also NOTIFYs, and every
+//! replica's LISTEN task wakes its own long-polls (see [`pg`]).
 
 mod api;
+mod pg;
 mod store;
 mod tls;
 
@@ -76,12 +78,17 @@ pub struct Running {
     /// The bundle-signing public key gateways pin.
     pub key: ControlPlaneKey,
     task: tokio::task::JoinHandle<()>,
+    /// PostgreSQL LISTEN task (cross-replica wake-ups).
+    listener_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting connections (connections already open finish their current request).
     pub fn stop(self) {
         self.task.abort();
+        if let Some(t) = self.listener_task {
+            t.abort();
+        }
     }
 
     /// Serves until the accept loop ends (it only ends on a fatal error or [`Running::stop`]).
@@ -110,6 +117,16 @@ impl AppState {
         )
     }
 
+    /// Wakes every long-poll (each re-reads its group's assigned version): used while
+    /// cross-replica notifications may be missed.
+    pub fn wake_all(&self) {
+        if let Ok(map) = self.watchers.lock() {
+            for tx in map.values() {
+                tx.send_modify(|_| {});
+            }
+        }
+    }
+
     /// Wakes every long-poll of the group.
     pub fn notify(&self, group: &str, version: u64) {
         if let Ok(mut map) = self.watchers.lock() {
@@ -123,7 +140,7 @@ impl AppState {
 /// Starts the control plane and returns once it is listening.
 pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir, cfg.database_url.as_deref())?;
+    let store = Store::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
     let signing = load_or_create_key(&cfg.data_dir.join("signing.key"))?;
     let vk = signing.verifying_key();
     let key = ControlPlaneKey {
@@ -137,15 +154,20 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     )?;
     let admin_token = if store.operator_count().await? == 0 {
         let token = random_token("tgop_")?;
-        store
+        match store
             .create_operator(
                 "admin".into(),
                 Role::Admin,
                 hash_token(&token),
                 "system".into(),
             )
-            .await?;
-        Some(token)
+            .await
+        {
+            Ok(()) => Some(token),
+            // Another replica on the same database created it first: it prints the token.
+            Err(StoreError::Conflict(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
     } else {
         None
     };
@@ -159,6 +181,16 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         key: key.clone(),
         watchers: Mutex::new(HashMap::new()),
     });
+    // PostgreSQL: publishes on other replicas wake this replica's long-polls.
+    let weak = Arc::downgrade(&state);
+    let listener_task = state.store.listen(Arc::new(move |w| {
+        if let Some(state) = weak.upgrade() {
+            match w {
+                pg::Wake::Group(group, version) => state.notify(&group, version),
+                pg::Wake::All => state.wake_all(),
+            }
+        }
+    }));
     let router = api::router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.config);
     tracing::info!(
@@ -174,6 +206,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         admin_token,
         key,
         task,
+        listener_task,
     })
 }
 

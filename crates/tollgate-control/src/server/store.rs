@@ -1,13 +1,13 @@
 //! The control plane's persistent state: groups, operator tokens, enrollment tokens, gateways,
 //! config versions and the audit log.
 //!
-//! [`Store`] is an enum over back ends so PostgreSQL (for several replicas behind a load
-//! balancer) can be added as a second variant; today only embedded SQLite exists, and
-//! `--database-url` is refused with a clear message. SQLite work is blocking, so every call runs
+//! [`Store`] is an enum over back ends: embedded SQLite (below) and PostgreSQL for several
+//! replicas behind a load balancer (see [`super::pg`]); each method dispatches on the variant and
+//! both give the same transactional guarantees. SQLite work is blocking, so every call runs
 //! on tokio's blocking pool with the one connection behind a mutex (SQLite serialises writers
 //! anyway, and the control plane's write rate is tiny).
 //!
-//! Migrations: ordered SQL files embedded with `include_str!`, applied inside one transaction
+//! Migrations: ordered SQL files (migrations/sqlite/, twins in migrations/postgres/) embedded with `include_str!`, applied inside one transaction
 //! each and recorded in `schema_migrations`; a database newer than this binary is refused.
 //!
 //! Secrets (operator tokens, enrollment tokens, gateway credentials) are stored only as SHA-256
@@ -22,10 +22,12 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::pg::{Postgres, Wake};
+
 use crate::protocol::{AuditEntry, ConfigVersion, GatewayInfo, Group};
 
 /// Ordered migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +41,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("database worker failed: {0}")]
     Worker(String),
+    /// PostgreSQL errors and connection problems (already redacted).
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// Operator role carried by an operator token.
@@ -91,10 +96,11 @@ pub struct NewVersion {
     pub signed_bundle: String,
 }
 
-/// Back ends. Add `Postgres(..)` here; every method dispatches on the variant.
+/// Back ends; every method dispatches on the variant.
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(Sqlite),
+    Postgres(Postgres),
 }
 
 /// Embedded SQLite: one file, one connection.
@@ -169,11 +175,11 @@ pub fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     Ok(supported)
 }
 
-fn labels_json(labels: &BTreeMap<String, String>) -> String {
+pub(super) fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
-fn labels_parse(s: &str) -> BTreeMap<String, String> {
+pub(super) fn labels_parse(s: &str) -> BTreeMap<String, String> {
     serde_json::from_str(s).unwrap_or_default()
 }
 
@@ -186,26 +192,11 @@ fn unique_violation(e: &rusqlite::Error) -> bool {
 
 macro_rules! dispatch {
     ($self:ident, |$c:ident| $body:expr) => {
-        match $self {
-            Store::Sqlite(s) => s.run(move |$c| $body).await,
-        }
+        $self.run(move |$c| $body).await
     };
 }
 
-impl Store {
-    /// Opens the store: SQLite under `data_dir` unless a database URL is given.
-    pub fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store, StoreError> {
-        if let Some(url) = database_url {
-            return Err(StoreError::Worker(format!(
-                "--database-url {:?}: PostgreSQL is not supported yet; omit it to use the embedded SQLite database",
-                redact_url(url)
-            )));
-        }
-        Ok(Store::Sqlite(Sqlite::open(
-            &data_dir.join("control-plane.db"),
-        )?))
-    }
-
+impl Sqlite {
     pub async fn operator_count(&self) -> Result<u64, StoreError> {
         dispatch!(self, |c| Ok(
             c.query_row("SELECT COUNT(*) FROM operator_tokens", [], |r| r
@@ -641,6 +632,201 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Opens the store: SQLite under `data_dir` unless a database URL is given.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store, StoreError> {
+        if let Some(url) = database_url {
+            return Ok(Store::Postgres(Postgres::open(url, redact_url(url)).await?));
+        }
+        Ok(Store::Sqlite(Sqlite::open(
+            &data_dir.join("control-plane.db"),
+        )?))
+    }
+
+    /// Cross-replica wake-ups (PostgreSQL only: a single SQLite server wakes its own
+    /// long-polls directly).
+    pub fn listen(
+        &self,
+        wake: Arc<dyn Fn(Wake) + Send + Sync>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(p) => Some(p.listen(wake)),
+        }
+    }
+
+    pub async fn operator_count(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.operator_count().await,
+            Store::Postgres(p) => p.operator_count().await,
+        }
+    }
+
+    pub async fn create_operator(
+        &self,
+        name: String,
+        role: Role,
+        token_hash: String,
+        actor: String,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_operator(name, role, token_hash, actor).await,
+            Store::Postgres(p) => p.create_operator(name, role, token_hash, actor).await,
+        }
+    }
+
+    pub async fn operator_by_hash(&self, hash: String) -> Result<Option<Operator>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.operator_by_hash(hash).await,
+            Store::Postgres(p) => p.operator_by_hash(hash).await,
+        }
+    }
+
+    pub async fn create_group(
+        &self,
+        name: String,
+        labels: BTreeMap<String, String>,
+        actor: String,
+    ) -> Result<Group, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_group(name, labels, actor).await,
+            Store::Postgres(p) => p.create_group(name, labels, actor).await,
+        }
+    }
+
+    pub async fn groups(&self) -> Result<Vec<Group>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.groups().await,
+            Store::Postgres(p) => p.groups().await,
+        }
+    }
+
+    pub async fn group_exists(&self, name: String) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.group_exists(name).await,
+            Store::Postgres(p) => p.group_exists(name).await,
+        }
+    }
+
+    pub async fn create_enrollment_token(
+        &self,
+        group: String,
+        token_hash: String,
+        expires_at: u64,
+        actor: String,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.create_enrollment_token(group, token_hash, expires_at, actor)
+                    .await
+            }
+            Store::Postgres(p) => {
+                p.create_enrollment_token(group, token_hash, expires_at, actor)
+                    .await
+            }
+        }
+    }
+
+    pub async fn enroll(
+        &self,
+        token_hash: String,
+        gateway_id: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+        credential_hash: String,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.enroll(token_hash, gateway_id, name, labels, credential_hash)
+                    .await
+            }
+            Store::Postgres(p) => {
+                p.enroll(token_hash, gateway_id, name, labels, credential_hash)
+                    .await
+            }
+        }
+    }
+
+    pub async fn gateway_by_hash(&self, hash: String) -> Result<Option<GatewayAuth>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.gateway_by_hash(hash).await,
+            Store::Postgres(p) => p.gateway_by_hash(hash).await,
+        }
+    }
+
+    pub async fn gateways(&self) -> Result<Vec<GatewayInfo>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.gateways().await,
+            Store::Postgres(p) => p.gateways().await,
+        }
+    }
+
+    pub async fn revoke(&self, id: String, actor: String) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.revoke(id, actor).await,
+            Store::Postgres(p) => p.revoke(id, actor).await,
+        }
+    }
+
+    pub async fn report_status(
+        &self,
+        id: String,
+        applied_version: u64,
+        healthy: bool,
+        last_error: Option<String>,
+        started_at: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.report_status(id, applied_version, healthy, last_error, started_at)
+                    .await
+            }
+            Store::Postgres(p) => {
+                p.report_status(id, applied_version, healthy, last_error, started_at)
+                    .await
+            }
+        }
+    }
+
+    pub async fn next_version(&self, group: String) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.next_version(group).await,
+            Store::Postgres(p) => p.next_version(group).await,
+        }
+    }
+
+    pub async fn publish(&self, v: NewVersion) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.publish(v).await,
+            Store::Postgres(p) => p.publish(v).await,
+        }
+    }
+
+    pub async fn versions(&self, group: String) -> Result<Vec<ConfigVersion>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.versions(group).await,
+            Store::Postgres(p) => p.versions(group).await,
+        }
+    }
+
+    pub async fn assigned_bundle(
+        &self,
+        group: String,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.assigned_bundle(group).await,
+            Store::Postgres(p) => p.assigned_bundle(group).await,
+        }
+    }
+
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.audit(limit).await,
+            Store::Postgres(p) => p.audit(limit).await,
+        }
+    }
+}
+
 /// Writes an audit record inside the caller's transaction, so a change and its record commit
 /// (or roll back) together.
 fn audit_tx(
@@ -664,7 +850,7 @@ fn audit_tx(
 }
 
 /// Hides a password in a database URL before it is printed.
-fn redact_url(url: &str) -> String {
+pub(super) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
         _ => url.to_owned(),
