@@ -598,7 +598,9 @@ async fn forward(
     done.upstream_addr = rparts.extensions.get::<UpstreamAddr>().map(|a| a.0);
     done.status = rparts.status.as_u16();
     // Read before Tollgate's own rate-limit fields are added below.
-    done.provider_limits = crate::discovery::ProviderLimits::from_headers(&rparts.headers);
+    if active.policy.config().discovery.enabled {
+        done.provider_limits = crate::discovery::ProviderLimits::from_headers(&rparts.headers);
+    }
     hop::strip_hop_by_hop(&mut rparts.headers);
     crate::outbound::apply_response(active, &done, &mut rparts.headers);
     // The response cache decides before Tollgate's own per-request fields are added.

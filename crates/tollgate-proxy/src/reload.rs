@@ -231,15 +231,30 @@ impl Reloader {
 
     fn build(&self, policy: Policy) -> Result<Active, String> {
         let current = self.gateway.active.load_full();
-        let (old, new) = (&current.policy.config().listen, &policy.config().listen);
-        // Only addresses need a restart; the TLS listener's files are re-read (tls_listener.rs).
-        let tls_addr = |l: &tollgate_config::Listen| l.proxy_tls.as_ref().map(|t| t.addr);
-        if (old.proxy, old.admin, tls_addr(old)) != (new.proxy, new.admin, tls_addr(new)) {
-            tracing::warn!(
-                "listen addresses changed in the new configuration; they take effect only after a restart"
-            );
-        }
+        warn_restart_only(current.policy.config(), policy.config());
         Active::build(policy, &self.own_listeners, Some(&current)).map_err(|e| e.to_string())
+    }
+}
+
+/// Settings the gateway reads once at start: a reload that changes them is applied otherwise but
+/// says, once per reload, which of them wait for a restart. The TLS listener's files are not among
+/// them (they are re-read, tls_listener.rs); only its address is.
+fn warn_restart_only(old: &tollgate_config::Config, new: &tollgate_config::Config) {
+    let tls_addr = |l: &tollgate_config::Listen| l.proxy_tls.as_ref().map(|t| t.addr);
+    let (ol, nl) = (&old.listen, &new.listen);
+    let changed = [
+        (
+            "listen addresses",
+            (ol.proxy, ol.admin, tls_addr(ol)) != (nl.proxy, nl.admin, tls_addr(nl)),
+        ),
+        ("state.dir", old.state.dir != new.state.dir),
+        ("cache.max_bytes", old.cache != new.cache),
+    ];
+    for (what, _) in changed.iter().filter(|(_, c)| *c) {
+        tracing::warn!(
+            config.setting = what,
+            "changed in the new configuration; it takes effect only after a restart"
+        );
     }
 }
 

@@ -341,7 +341,7 @@ pub async fn send(
     gw: &Gateway,
     upstream: &Upstream,
     api: Option<&ApiResilience>,
-    out: Outgoing,
+    mut out: Outgoing,
     client_body: RequestBody,
     stats: Arc<BodyStats>,
     mut permit: Option<Permit>,
@@ -400,7 +400,13 @@ pub async fn send(
         let mut req = Request::new(body);
         *req.method_mut() = out.method.clone();
         *req.uri_mut() = out.uri.clone();
-        *req.headers_mut() = out.headers.clone();
+        // A one-shot body means this is the only attempt: hand the headers over instead of
+        // copying them (the method and URI are still read below, and are cheap).
+        *req.headers_mut() = if prepared.replayable() {
+            out.headers.clone()
+        } else {
+            std::mem::take(&mut out.headers)
+        };
 
         // per_try_timeout belongs to retryable requests; a request sent once keeps the
         // plain upstream.response_header_timeout.
