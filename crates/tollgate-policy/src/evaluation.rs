@@ -54,6 +54,9 @@ pub struct Evaluation {
     pub consumer: Option<Arc<str>>,
     /// The matched API, if any.
     pub api: Option<Arc<str>>,
+    /// Its index in `config().apis` (see [`crate::Policy::matched_api`]), so later stages read its
+    /// settings without looking the name up again.
+    pub api_index: Option<usize>,
     /// Where to send the request (absent when denied before the target was resolved).
     pub target: Option<Target>,
     pub outcome: Outcome,

@@ -203,6 +203,11 @@ impl Policy {
         &self.config
     }
 
+    /// The configuration of the API `eval` matched (no name lookup: the index comes from resolve).
+    pub fn matched_api(&self, eval: &Evaluation) -> Option<&tollgate_config::Api> {
+        eval.api_index.and_then(|i| self.config.apis.get(i))
+    }
+
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -275,6 +280,7 @@ impl Policy {
         let mut eval = Evaluation {
             consumer: None,
             api: None,
+            api_index: None,
             target: None,
             outcome: Outcome::Allow,
             reported: Vec::new(),
@@ -330,6 +336,7 @@ impl Policy {
         ctx.step("resolve", Verdict::Continue, || {
             resolved.describe(api_name.as_deref())
         });
+        eval.api_index = api_name.as_ref().and(resolved.api);
         eval.api = api_name;
 
         // 3. access

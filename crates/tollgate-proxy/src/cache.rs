@@ -714,10 +714,7 @@ pub async fn lookup(
     let target = eval.target.as_ref()?;
     let cfg = active
         .policy
-        .config()
-        .apis
-        .iter()
-        .find(|a| *a.name == **api)?
+        .matched_api(eval)?
         .cache
         .as_ref()
         .filter(|c| c.enabled)?;

@@ -319,6 +319,10 @@ pub async fn handle(
     }
     if matches!(eval.outcome, Outcome::Allow)
         && let Some(api) = &eval.api
+        && active
+            .policy
+            .matched_api(&eval)
+            .is_some_and(|a| a.concurrency.is_some())
     {
         let consumer = eval.consumer.as_deref().unwrap_or("");
         let cfg = active.policy.config();
