@@ -21,6 +21,9 @@
 #                    never reached, kept in the process vs. shared through Redis (REDIS_URL below);
 #                    the report gives global/local throughput (target >= 0.8)
 #   REDIS_URL=redis://127.0.0.1:6379   Redis for tollgate-global-limit (skipped when unreachable)
+#                    tollgate-intercept / squid-bump: HTTPS through a CONNECT tunnel that the proxy
+#                    terminates (Tollgate `tls: intercept` vs. Squid `ssl_bump bump`) to a TLS upstream;
+#                    the load generator is `hey` (wrk cannot CONNECT), the same for both
 #                    nginx-cache / tollgate-cache: the same route with a response cache (nginx
 #                    proxy_cache vs. Tollgate `cache: { ttl: 60s }`); after the warm-up every
 #                    request is a cache hit, so this compares serving from memory
@@ -44,7 +47,7 @@ PIN=${PIN:-1}
 PROXY_CPU=${PROXY_CPU:-}
 LOADGEN_CPU=${LOADGEN_CPU:-}
 UPSTREAM_CPU=${UPSTREAM_CPU:-}
-CASES=${CASES:-direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache}
+CASES=${CASES:-direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache squid-bump tollgate-intercept}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}
 BUILD=${BUILD:-1}
@@ -67,11 +70,24 @@ loud() {
 }
 
 # ---------------------------------------------------------------- install --
+# Squid with ssl-bump support: Debian's `squid-openssl` (it replaces `squid`; same command).
+squid_has_openssl() { squid -v 2>/dev/null | grep -q -- '--with-openssl'; }
 install_deps() {
     local missing=() cmd
+    # Debian installs the daemons under /usr/sbin, which may be off PATH for non-root.
+    export PATH="$PATH:/usr/sbin:/sbin"
     for cmd in wrk haproxy squid curl python3; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
     done
+    if [[ " $CASES " == *" squid-bump "* || " $CASES " == *" tollgate-intercept "* ]]; then
+        command -v hey >/dev/null 2>&1 || missing+=(hey)
+        command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    fi
+    if [[ " $CASES " == *" squid-bump "* ]] && ! squid_has_openssl; then
+        # Replaces a plain `squid` package if there is one.
+        missing=("${missing[@]/#squid/squid-openssl}")
+        [[ " ${missing[*]} " == *" squid-openssl "* ]] || missing+=(squid-openssl)
+    fi
     # Debian installs the daemons under /usr/sbin, which may be off PATH for non-root.
     local nginx_missing=0
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || nginx_missing=1
@@ -188,7 +204,7 @@ trap 'exit 143' TERM
 
 # Fixed high ports below the kernel's ephemeral range, so outgoing connections made
 # during the run (wrk, proxies to upstream) cannot take them; each is probed by bind.
-read -r UP_PORT NGX_PORT HA_PORT SQ_PORT TG_PORT TG_ADMIN_PORT < <(python3 - <<'PY'
+read -r UP_PORT NGX_PORT HA_PORT SQ_PORT TG_PORT TG_ADMIN_PORT UP_TLS_PORT SQB_PORT < <(python3 - <<'PY'
 import random, socket
 try:
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
@@ -196,7 +212,7 @@ except OSError:
     low = 32768
 start = random.randint(20000, max(20001, low - 200))
 ports, p = [], start
-while len(ports) < 6 and p < low:
+while len(ports) < 8 and p < low:
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", p))
@@ -209,7 +225,7 @@ while len(ports) < 6 and p < low:
 print(" ".join(map(str, ports)))
 PY
 )
-[[ -n ${TG_ADMIN_PORT:-} ]] || die "could not find 6 free ports"
+[[ -n ${SQB_PORT:-} ]] || die "could not find 8 free ports"
 
 LAST_PID=
 # start_bg NAME CMD...: run CMD in its own session with output to $TMP/NAME.out.
@@ -298,9 +314,57 @@ events { worker_connections 4096; }
 EOF
 }
 
+# TLS for the interception cases: a bench CA, the upstream's certificate for 127.0.0.1 signed
+# by it (both proxies verify the upstream against it), and Squid's bump CA. Tollgate's CA is
+# made by `tollgate ca init` when its case runs.
+make_tls() {
+    local d=$TMP/tls
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=tollgate-bench upstream CA" -keyout "$d/ca.key" -out "$d/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null || return 1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$d/up.key" -out "$d/up.csr" 2>/dev/null || return 1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$d/up.ext"
+    openssl x509 -req -in "$d/up.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/up.ext" -out "$d/up.pem" 2>/dev/null || return 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=tollgate-bench squid bump CA" -keyout "$d/bump.key" -out "$d/bump.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null || return 1
+    # Squid drops privileges before it reads its CA key (a throwaway key in a temp dir).
+    chmod 755 "$d"
+    chmod 644 "$d"/*
+}
+TLS_CASES=0
+[[ " $CASES " == *" squid-bump "* || " $CASES " == *" tollgate-intercept "* ]] && TLS_CASES=1
+if (( TLS_CASES )); then
+    make_tls || die "could not make the TLS certificates with openssl"
+    # The TLS upstream listens on 127.0.0.1:443: hey uses the request's Host (which carries the
+    # port when it is not the default) as the TLS server name, and an SNI of "127.0.0.1:<port>"
+    # is refused by Tollgate (it does not name the CONNECT host) and confused Squid. On 443 the
+    # URL has no port, so hey sends no SNI (an IP address) and `Host: 127.0.0.1`.
+    python3 -c 'import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 443)); s.close()' 2>/dev/null \
+        || die "the interception cases need 127.0.0.1:443 free (and root) for the TLS upstream"
+    UP_TLS_PORT=443
+fi
+
 mkdir -p "$TMP/nginx-up-tmp" "$TMP/nginx-rp-tmp"
 {
     nginx_common nginx-up
+    UP_TLS_SERVER=
+    if (( TLS_CASES )); then
+        # The same 100-byte answer over TLS, for the interception cases.
+        UP_TLS_SERVER="
+    server {
+        listen 127.0.0.1:$UP_TLS_PORT ssl backlog=4096;
+        ssl_certificate $TMP/tls/up.pem;
+        ssl_certificate_key $TMP/tls/up.key;
+        location / {
+            default_type text/plain;
+            return 200 \"$BODY_CONF\\n\";
+        }
+    }"
+    fi
     cat <<EOF
 http {
     access_log off;
@@ -315,7 +379,7 @@ http {
             default_type text/plain;
             return 200 "$BODY_CONF\n";
         }
-    }
+    }$UP_TLS_SERVER
 }
 EOF
 } >"$TMP/nginx-up.conf"
@@ -434,8 +498,60 @@ max_filedescriptors 8192
 workers 1
 EOF
 
+# Squid with ssl-bump: terminates the client's TLS inside the CONNECT tunnel with a certificate
+# minted from its bump CA, verifies the upstream against the bench CA, and forwards in HTTP/1.1,
+# like Tollgate's `tls: intercept`. Same logging and no cache. It bumps at step 1 ("client
+# first", the certificate is made from the CONNECT target): with `peek` at step 1 Squid 5.7
+# answered every request of hey's (Go) TLS client with 503 while curl worked.
+if (( TLS_CASES )); then
+    mkdir -p "$TMP/squid-bump"
+    cat >"$TMP/squid-bump.conf" <<EOF
+http_port 127.0.0.1:$SQB_PORT ssl-bump tls-cert=$TMP/tls/bump.pem tls-key=$TMP/tls/bump.key generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+sslcrtd_program /usr/lib/squid/security_file_certgen -s $TMP/squid-bump/ssl_db -M 16MB
+sslcrtd_children 4 startup=1 idle=1
+ssl_bump bump all
+tls_outgoing_options cafile=$TMP/tls/ca.pem
+visible_hostname tollgate-bench
+$SQUID_USER_LINE
+acl bench_clients src 127.0.0.1/32
+http_access allow bench_clients
+http_access deny all
+cache deny all
+cache_mem 8 MB
+access_log stdio:$TMP/squid-bump/access.log squid
+cache_log $TMP/squid-bump/cache.log
+cache_store_log none
+pid_filename $TMP/squid-bump/squid.pid
+coredump_dir $TMP/squid-bump
+netdb_filename none
+pinger_enable off
+shutdown_lifetime 0 seconds
+max_filedescriptors 8192
+workers 1
+EOF
+fi
+
 # One config (and access log) per Tollgate case, so each case's log lines are its own.
 tollgate_config() { # CASE
+    if [[ $1 == tollgate-intercept ]]; then
+        # CONNECT to the TLS upstream, intercepted: every request inside runs the pipeline and
+        # goes upstream over a pooled TLS connection verified against the bench CA.
+        cat >"$TMP/$1.yaml" <<EOF
+listen: { proxy: 127.0.0.1:$TG_PORT, admin: 127.0.0.1:$TG_ADMIN_PORT }
+default_action: deny
+network_guard:
+  allow: ["127.0.0.1:$UP_TLS_PORT"]
+connect: { allowed_ports: [$UP_TLS_PORT] }
+upstream: { ca_file: $TMP/tls/ca.pem }
+tls_intercept: { ca_cert: $TMP/tg-ca/ca.crt, ca_key: $TMP/tg-ca/ca.key }
+logging: { access_log: $TMP/$1-access.log, level: warn }
+apis:
+  - name: bench
+    hosts: ["127.0.0.1"]
+    tls: intercept
+EOF
+        return
+    fi
     cat >"$TMP/$1.yaml" <<EOF
 listen: { proxy: 127.0.0.1:$TG_PORT, admin: 127.0.0.1:$TG_ADMIN_PORT }
 default_action: allow
@@ -551,6 +667,82 @@ measure() {
     log "case $case: $BENCH_LINE"
 }
 
+# run_hey CASE URL PROXY: warm-up, then the measured run with hey (HTTPS through a CONNECT
+# proxy, keep-alive, certificates not verified by the client: both proxies mint their own);
+# sets BENCH_LINE in the same format as report.lua's.
+run_hey() {
+    local case=$1 url=$2 proxy=$3 secs=${DURATION%s} wsecs=${WARMUP%s}
+    [[ $secs =~ ^[0-9]+m$ ]] && secs=$(( ${secs%m} * 60 ))
+    [[ $wsecs =~ ^[0-9]+m$ ]] && wsecs=$(( ${wsecs%m} * 60 ))
+    ${LOADGEN_PIN[@]+"${LOADGEN_PIN[@]}"} hey -c "$CONNECTIONS" -z "${wsecs}s" -x "$proxy" "$url" >"$TMP/hey-$case-warmup.txt" 2>&1 || true
+    ${LOADGEN_PIN[@]+"${LOADGEN_PIN[@]}"} hey -c "$CONNECTIONS" -z "${secs}s" -x "$proxy" "$url" >"$TMP/wrk-$case.txt" 2>&1 || true
+    BENCH_LINE=$(python3 - "$TMP/wrk-$case.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def num(pattern, default=None):
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else default
+total = num(r"Total:\s+([\d.]+) secs")
+rps = num(r"Requests/sec:\s+([\d.]+)")
+if total is None or rps is None:
+    sys.exit(0)
+pct = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", text)}
+codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", text)}
+errors = 0
+if "Error distribution:" in text:
+    tail = text.split("Error distribution:", 1)[1]
+    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", tail, re.M))
+ok = codes.get(200, 0)
+bad = sum(n for c, n in codes.items() if c >= 400)
+slowest = num(r"Slowest:\s+([\d.]+) secs", 0.0) * 1000
+print(f"BENCH requests={ok + bad} seconds={total:.3f} rps={rps:.2f} p50_ms={pct.get(50, 0):.3f} "
+      f"p90_ms={pct.get(90, 0):.3f} p99_ms={pct.get(99, 0):.3f} max_ms={slowest:.3f} http_errors={bad} "
+      f"connect_errors=0 read_errors={errors} write_errors=0 timeouts=0 bytes=0")
+PY
+)
+    [[ -n $BENCH_LINE ]]
+}
+
+# check_tls URL PROXY CACERT: one request through the intercepting proxy, trusting its CA
+# (CACERT "-": not verified), must give 200 and exactly the upstream body.
+check_tls() {
+    local url=$1 proxy=$2 ca=$3 code trust=(--cacert "$3")
+    [[ $ca == - ]] && trust=(-k)
+    if ! code=$(curl -sS --max-time 5 -x "$proxy" "${trust[@]}" -o "$TMP/check.body" -w '%{http_code}' "$url" 2>"$TMP/check.err"); then
+        CHECK_MSG="request failed: $(tr '\n' ' ' <"$TMP/check.err")"
+        return 1
+    fi
+    if [[ $code != 200 ]] || ! cmp -s "$TMP/check.body" "$TMP/expected.body"; then
+        CHECK_MSG="HTTP $code, body: $(head -c 200 "$TMP/check.body" | tr '\n' ' ')"
+        return 1
+    fi
+}
+
+# measure_tls CASE PROXY CACERT PID LOGFILE FATAL(0/1)
+measure_tls() {
+    local case=$1 proxy=$2 ca=$3 pid=$4 logfile=$5 fatal=$6 lines
+    local url="https://127.0.0.1/"
+    if ! check_tls "$url" "$proxy" "$ca"; then
+        loud "case $case: pre-flight request failed: $CHECK_MSG" "see $TMP/$case.out (KEEP_TMP=1 keeps it)"
+        record "$case" failed "pre-flight: $CHECK_MSG" 0
+        (( fatal )) && FAILED_CORE=1
+        stop_pid "$pid"
+        return 0
+    fi
+    log "case $case: warm-up $WARMUP, then $DURATION with $CONNECTIONS connections (hey, HTTPS via CONNECT)"
+    if ! run_hey "$case" "$url" "$proxy"; then
+        loud "case $case: hey gave no result:" "$(tail -n 5 "$TMP/wrk-$case.txt")"
+        record "$case" failed "hey gave no result" 0
+        (( fatal )) && FAILED_CORE=1
+        stop_pid "$pid"
+        return 0
+    fi
+    stop_pid "$pid"
+    lines=$(count_lines "$logfile")
+    record "$case" ok "" "$lines" "$BENCH_LINE"
+    log "case $case: $BENCH_LINE"
+}
+
 skip_case() { # CASE REASON
     loud "case $1 SKIPPED: $2"
     record "$1" skipped "$2" 0
@@ -623,6 +815,39 @@ for case in $CASES; do
             FAILED_CORE=1
         fi
         ;;
+    squid-bump)
+        if ! squid_has_openssl; then
+            skip_case squid-bump "this squid has no ssl-bump support (install squid-openssl)"
+            FAILED_CORE=1
+            continue
+        fi
+        rm -rf "$TMP/squid-bump/ssl_db"
+        if ! /usr/lib/squid/security_file_certgen -c -s "$TMP/squid-bump/ssl_db" -M 16MB >"$TMP/squid-bump-certgen.out" 2>&1; then
+            skip_case squid-bump "security_file_certgen -c failed: $(tail -n 2 "$TMP/squid-bump-certgen.out" | tr '\n' ' ')"
+            FAILED_CORE=1
+            continue
+        fi
+        (( EUID == 0 )) && chown -R "$SQUID_USER" "$TMP/squid-bump"
+        start_bg squid-bump ${PROXY_PIN[@]+"${PROXY_PIN[@]}"} squid -N -f "$TMP/squid-bump.conf"
+        if wait_ready "$LAST_PID" "http://127.0.0.1:$UP_PORT/" "http://127.0.0.1:$SQB_PORT"; then
+            # Not verified by curl: Squid's client-first certificate names 127.0.0.1 only in its CN.
+            measure_tls squid-bump "http://127.0.0.1:$SQB_PORT" - "$LAST_PID" "$TMP/squid-bump/access.log" 1
+        else
+            skip_case squid-bump "Squid (ssl-bump) did not start: $(tail -n 3 "$TMP/squid-bump.out" "$TMP/squid-bump/cache.log" 2>/dev/null | tr '\n' ' ')"
+            FAILED_CORE=1
+        fi
+        ;;
+    tollgate-intercept)
+        if (( ! TOLLGATE_OK )); then
+            skip_case "$case" "$TOLLGATE_REASON"
+        elif ! "$TOLLGATE_BIN" ca init --dir "$TMP/tg-ca" --force >"$TMP/tg-ca.out" 2>&1; then
+            skip_case "$case" "tollgate ca init failed: $(tail -n 2 "$TMP/tg-ca.out" | tr '\n' ' ')"
+        elif ! start_tollgate "$case"; then
+            skip_case "$case" "Tollgate $TOLLGATE_REASON"
+        else
+            measure_tls "$case" "http://127.0.0.1:$TG_PORT" "$TMP/tg-ca/ca.crt" "$LAST_PID" "$TMP/$case-access.log" 0
+        fi
+        ;;
     tollgate-route | tollgate-forward | tollgate-local-limit | tollgate-global-limit | tollgate-cache)
         if (( ! TOLLGATE_OK )); then
             skip_case "$case" "$TOLLGATE_REASON"
@@ -637,7 +862,7 @@ for case in $CASES; do
         fi
         ;;
     *)
-        die "unknown case '$case' (known: direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache)"
+        die "unknown case '$case' (known: direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache squid-bump tollgate-intercept)"
         ;;
     esac
 done
@@ -678,6 +903,7 @@ labels = {
     "tollgate-forward": "Tollgate forward proxy",
     "tollgate-local-limit": "Tollgate local limit", "tollgate-global-limit": "Tollgate global limit",
     "nginx-cache": "nginx proxy_cache (hits)", "tollgate-cache": "Tollgate cache (hits)",
+    "squid-bump": "Squid ssl-bump (HTTPS)", "tollgate-intercept": "Tollgate intercept (HTTPS)",
 }
 cases = []
 for line in open(results_path):
@@ -714,6 +940,8 @@ ratios = {
     "tollgate_global_over_local_limit_p99": ratio("tollgate-global-limit", "tollgate-local-limit", "p99_ms"),
     "tollgate_cache_over_nginx_cache_rps": ratio("tollgate-cache", "nginx-cache", "rps"),
     "tollgate_cache_over_nginx_cache_p99": ratio("tollgate-cache", "nginx-cache", "p99_ms"),
+    "tollgate_intercept_over_squid_bump_rps": ratio("tollgate-intercept", "squid-bump", "rps"),
+    "tollgate_intercept_over_squid_bump_p99": ratio("tollgate-intercept", "squid-bump", "p99_ms"),
 }
 targets = {
     "tollgate_route_over_haproxy_rps": ">= 1.0",
@@ -750,6 +978,7 @@ ratio_cases = {
     "tollgate_forward_over_squid": ("tollgate-forward", "squid"),
     "tollgate_global_over_local_limit": ("tollgate-global-limit", "tollgate-local-limit"),
     "tollgate_cache_over_nginx_cache": ("tollgate-cache", "nginx-cache"),
+    "tollgate_intercept_over_squid_bump": ("tollgate-intercept", "squid-bump"),
 }
 
 def show(name, key, target=None, better="higher"):
@@ -777,6 +1006,8 @@ show("Global limit / local limit req/s", "tollgate_global_over_local_limit_rps",
 show("Global limit / local limit p99", "tollgate_global_over_local_limit_p99")
 show("Tollgate cache / nginx cache req/s", "tollgate_cache_over_nginx_cache_rps")
 show("Tollgate cache / nginx cache p99", "tollgate_cache_over_nginx_cache_p99")
+show("Tollgate intercept / Squid bump req/s", "tollgate_intercept_over_squid_bump_rps")
+show("Tollgate intercept / Squid bump p99", "tollgate_intercept_over_squid_bump_p99")
 if "direct" in by:
     print()
     print("Share of the direct (no proxy) throughput")

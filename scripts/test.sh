@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Test-only Python dependencies (pytest, requests, httpx, PyYAML), installed once per machine.
-if ! python3 -c 'import pytest, requests, httpx, yaml, cryptography' >/dev/null 2>&1; then
+if ! python3 -c 'import pytest, requests, httpx, yaml, cryptography, selenium, grpc, google.protobuf, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, tzdata' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 command -v curl >/dev/null || { echo "curl is required for the end-to-end tests" >&2; exit 1; }

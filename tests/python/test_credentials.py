@@ -195,3 +195,82 @@ def test_secrets_never_leak(gateway, upstream, token_server, tmp_path):
     for where, text in places.items():
         for secret in (SECRET, CLIENT_SECRET):
             assert secret not in text, f"{secret[:8]}… leaked into {where}"
+
+
+def _key_limited_api(upstream, scope="local", mode=None):
+    minute = {"name": "minute", "requests": 2, "per": "1m", "algorithm": "sliding", "scope": scope}
+    api = {"name": "multi", "hosts": ["127.0.0.1"], "credentials": {"keys": [
+        {"name": "one", "header": "x-key", "value": "${env:K1}", "limits": [dict(minute)]},
+        {"name": "two", "header": "x-key", "value": "${env:K2}", "limits": [dict(minute)]}]}}
+    if mode:
+        api["mode"] = mode
+    return api
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_each_key_has_its_own_limits(gateway, upstream, scope):
+    """Two keys of 2 requests a minute each: 4 requests pass over both keys, the 5th is 429
+    naming a key's limit, with RateLimit fields and Retry-After, and nothing goes upstream."""
+    import uuid
+    extra = {}
+    if scope == "global":
+        extra["state"] = {"redis": {"url": "redis://127.0.0.1:6379/0", "prefix": f"tg-keylim-{uuid.uuid4().hex[:8]}"}}
+    cfg = base_config(apis=[_key_limited_api(upstream, scope)], **extra)
+    gw = gateway(cfg, env={"K1": "key-one", "K2": "key-two"})
+    got = []
+    for _ in range(4):
+        r = gw.get(f"{upstream.base}/k")
+        assert r.status_code == 200, r.text
+        got.append(echo_headers(r)["x-key"])
+    assert sorted(got) == ["key-one", "key-one", "key-two", "key-two"]
+    seen = [dict((k.lower(), v) for k, v in rec["headers"])["x-key"] for rec in upstream.requests]
+    assert sorted(seen) == sorted(got)
+    r = gw.get(f"{upstream.base}/k")
+    problem = assert_problem(r, 429, "rate_limited")
+    assert "one/minute" in problem["detail"] and "two/minute" in problem["detail"]
+    assert "key-one" not in r.text and "key-two" not in r.text
+    assert r.headers["RateLimit-Policy"] in ('"one/minute";q=2;w=60', '"two/minute";q=2;w=60')
+    assert ";r=0;" in r.headers["RateLimit"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 120
+    assert len(upstream.requests) == 4
+    metrics = gw.admin("GET", "/metrics").text
+    for k in ("one", "two"):
+        assert metric_value(metrics, "tollgate_credential_uses_total", api="multi", key=k) == 2
+
+
+def test_an_exhausted_key_is_skipped_and_report_mode_only_reports(gateway, upstream):
+    """A key at its limit gives its turn to the other; under `mode: report` the request
+    that finds every key exhausted still goes upstream."""
+    api = _key_limited_api(upstream)
+    api["credentials"]["keys"][0]["limits"][0]["requests"] = 1
+    gw = gateway(base_config(apis=[api]), env={"K1": "key-one", "K2": "key-two"})
+    got = [echo_headers(gw.get(f"{upstream.base}/k"))["x-key"] for _ in range(3)]
+    # one, two, then one's turn again: it is exhausted, so two.
+    assert got == ["key-one", "key-two", "key-two"]
+    assert_problem(gw.get(f"{upstream.base}/k"), 429, "rate_limited")
+
+    api = _key_limited_api(upstream, mode="report")
+    gw2 = gateway(base_config(apis=[api]), env={"K1": "key-one", "K2": "key-two"})
+    codes = [gw2.get(f"{upstream.base}/r").status_code for _ in range(6)]
+    assert codes == [200] * 6
+
+
+def test_key_limits_are_validated_with_their_key_path(run_cli, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "apis:\n"
+        "  - name: multi\n"
+        "    hosts: [api.example.com]\n"
+        "    credentials:\n"
+        "      keys:\n"
+        "        - name: one\n"
+        "          header: x-key\n"
+        "          value: plain\n"
+        "          limits:\n"
+        "            - { name: m, requests: 2, per: 1m, on_limit: { queue: 5s } }\n"
+        "            - { name: w, requests: 0, per: 7s }\n")
+    out = run_cli("validate", cfg)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert "apis[0].credentials.keys[0].limits[0].on_limit" in text, text
+    assert "apis[0].credentials.keys[0].limits[1].requests" in text, text

@@ -5,6 +5,9 @@ the systemd unit passes `systemd-analyze verify`, shell completions cover every
 subcommand, and every metric the Grafana dashboard and the Prometheus alert rules
 reference exists in a scrape of a gateway that served allowed, denied and
 rate-limited requests (plus `promtool check rules|metrics` and `promtool test rules`).
+The control-plane chart, manifests and unit are checked the same way against
+`tollgate control-plane` (its /healthz and /readyz answered by a real server), and the
+remote-gateway StatefulSet's command enrolls a real gateway with a real control plane.
 
 What cannot run here: a container build (no registry access; see
 deploy/docker/Dockerfile) and `helm template` (no helm binary; the chart is checked
@@ -634,3 +637,330 @@ def test_admin_probe_paths_used_by_deploy_artifacts_exist(gateway):
     with requests.Session() as s:
         s.trust_env = False
         assert s.get(gw.admin_url + "/nope", timeout=TIMEOUT).status_code == 404
+
+
+# --------------------------------------------------------------------------
+# Control plane: Helm chart, plain manifests and systemd unit, against the real binary
+# --------------------------------------------------------------------------
+
+CP_CHART = DEPLOY / "helm" / "tollgate-control-plane"
+CP_K8S = DEPLOY / "kubernetes" / "control-plane"
+CP_UNIT = DEPLOY / "systemd" / "tollgate-control-plane.service"
+
+
+def cp_flags() -> set[str]:
+    """Long flags `tollgate control-plane` accepts, read from its own --help."""
+    out = cli("control-plane", "--help")
+    assert out.returncode == 0, out.stderr
+    return set(re.findall(r"--[a-z][a-z-]+", out.stdout))
+
+
+def check_cp_command(argv: list[str]) -> int:
+    """argv (without the binary) is a valid `control-plane` command; returns its listen port."""
+    assert argv[0] == "control-plane", argv
+    flags = {a for a in argv[1:] if a.startswith("-")}
+    assert flags <= cp_flags(), (flags, cp_flags())
+    assert argv[argv.index("--data-dir") + 1] == "/var/lib/tollgate-cp", argv
+    return port_of(argv[argv.index("--listen") + 1].strip('"'))
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory):
+    """A real `tollgate control-plane` on an ephemeral loopback port (SQLite)."""
+    d = tmp_path_factory.mktemp("cp")
+    proc = subprocess.Popen([TOLLGATE_BIN, "control-plane", "--data-dir", str(d / "data"),
+                             "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    try:
+        printed = {}
+        for line in proc.stdout:
+            for key, pattern in (("base", r"listening on (https://\S+)"),
+                                 ("fingerprint", r"fingerprint: ([0-9a-f]+)"),
+                                 ("token", r"token \(shown once, store it now\): (\S+)")):
+                m = re.search(pattern, line)
+                if m:
+                    printed[key] = m.group(1)
+            if "token" in printed:
+                break
+        assert {"base", "fingerprint", "token"} <= set(printed), printed
+        yield printed
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def probe(base: str, path: str) -> int:
+    with requests.Session() as s:
+        s.trust_env = False
+        # The generated self-signed certificate; kubelet probes do not verify it either.
+        return s.get(base + path, verify=False, timeout=TIMEOUT).status_code
+
+
+def test_control_plane_serves_the_probe_paths(control_plane):
+    import urllib3
+    urllib3.disable_warnings()
+    base = control_plane["base"]
+    assert probe(base, "/healthz") == 200
+    assert probe(base, "/readyz") == 200
+    assert probe(base, "/no-such-probe") == 404
+
+
+def probe_paths(container: dict) -> dict:
+    return {k: (container[k]["httpGet"]["path"], container[k]["httpGet"]["port"],
+                container[k]["httpGet"]["scheme"]) for k in ("readinessProbe", "livenessProbe")}
+
+
+def test_control_plane_manifests_match_the_binary():
+    docs = {}
+    for f in sorted(CP_K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            assert doc and "kind" in doc, f
+            docs.setdefault(doc["kind"], []).append(doc)
+    kust = docs["Kustomization"][0]
+    assert sorted(kust["resources"]) == sorted(p.name for p in CP_K8S.glob("*.yaml")
+                                               if p.name != "kustomization.yaml")
+    (sts,) = docs["StatefulSet"]
+    assert sts["spec"]["replicas"] == 1, "SQLite: one writer"
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    port = check_cp_command(c["args"])
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("https", port)]
+    assert probe_paths(c) == {"readinessProbe": ("/readyz", "https", "HTTPS"),
+                              "livenessProbe": ("/healthz", "https", "HTTPS")}
+    # The data directory is the claim, the root filesystem read-only, the user not root.
+    (mount,) = c["volumeMounts"]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert mount == {"name": claim["metadata"]["name"], "mountPath": "/var/lib/tollgate-cp"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"] == labels
+    services = {s["metadata"]["name"]: s for s in docs["Service"]}
+    assert sts["spec"]["serviceName"] in services
+    assert services[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    for s in services.values():
+        assert s["spec"]["selector"] == labels
+        assert [(p["targetPort"], p["port"]) for p in s["spec"]["ports"]] == [("https", port)]
+
+
+def test_control_plane_helm_chart_structure():
+    chart = yaml.safe_load((CP_CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["name"] == "tollgate-control-plane"
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert chart["appVersion"] == version
+    values = yaml.safe_load((CP_CHART / "values.yaml").read_text())
+
+    def has(path: list[str]) -> bool:
+        node = values
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+        return True
+
+    refs = set()
+    for t in (CP_CHART / "templates").iterdir():
+        refs |= set(re.findall(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", t.read_text()))
+    assert len(refs) > 15, refs
+    missing = sorted(r for r in refs if not has(r.lstrip(".").split(".")))
+    assert not missing, missing
+    for name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert values[name]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
+    sts = (CP_CHART / "templates" / "statefulset.yaml").read_text()
+    # The args the template renders, with the default values substituted.
+    args = re.search(r"args:\n((?:\s+- .*\n|\s+\{\{.*\n)+)", sts).group(1)
+    rendered = [a.strip()[2:].strip('"') for a in args.splitlines()
+                if a.strip().startswith("- ")]
+    rendered = [a.replace("{{ .Values.port }}", str(values["port"])) for a in rendered]
+    assert check_cp_command(rendered[:5]) == values["port"] == values["service"]["port"]
+    assert {"--tls-cert", "--tls-key"} <= cp_flags()
+    assert "name: TOLLGATE_CP_DATABASE_URL" in sts
+    assert "TOLLGATE_CP_DATABASE_URL" in cli("control-plane", "--help").stdout
+    # Several replicas only with PostgreSQL and a shared signing key and certificate.
+    helpers = (CP_CHART / "templates" / "_helpers.tpl").read_text()
+    assert "fail " in helpers and "signingKey.existingSecret" in helpers
+    assert "mountPath: /var/lib/tollgate-cp/signing.key" in sts
+
+
+@pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not installed here")
+def test_control_plane_helm_template_renders():
+    out = subprocess.run(["helm", "template", "t", str(CP_CHART)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted(kinds) == ["Service", "Service", "StatefulSet"]
+    bad = subprocess.run(["helm", "template", "t", str(CP_CHART), "--set", "postgresql.enabled=true",
+                          "--set", "postgresql.existingSecret=db", "--set", "replicaCount=3"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "signingKey.existingSecret" in bad.stderr
+
+
+def test_control_plane_systemd_unit_commands():
+    settings: dict[str, list[str]] = {}
+    for line in CP_UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            k, v = line.split("=", 1)
+            settings.setdefault(k.strip(), []).append(v.strip())
+    (start,) = settings["ExecStart"]
+    argv = start.split()
+    assert argv[0] == "/usr/local/bin/tollgate"
+    check_cp_command(argv[1:])
+    assert settings["StateDirectory"] == ["tollgate-cp"]
+    for key in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "DynamicUser"):
+        assert settings[key] == unit_settings()[key], key
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_control_plane_systemd_analyze_verify(tmp_path):
+    d = tmp_path / "cp"
+    d.mkdir()
+    path = d / "tollgate-control-plane.service"
+    path.write_text(CP_UNIT.read_text().replace("/usr/local/bin/tollgate", TOLLGATE_BIN))
+    ok = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0 and not ok.stderr.strip() and not ok.stdout.strip(), ok.stderr
+    sec = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for tollgate-control-plane\.service: ([0-9.]+)", sec.stdout)
+    assert m, sec.stdout + sec.stderr
+    assert float(m.group(1)) <= 2.0, sec.stdout
+
+
+REMOTE_K8S = DEPLOY / "kubernetes" / "remote-gateway"
+
+
+def test_remote_gateway_manifest_enrolls_and_serves(control_plane, tmp_path, upstream):
+    """The remote-gateway StatefulSet's command, run for real against a real control plane
+    (URL and fingerprint filled in, ports ephemeral): it enrolls with the one-time token from
+    the env var the manifest sets, applies the published bundle and proxies traffic."""
+    docs = {}
+    for f in sorted(REMOTE_K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            docs.setdefault(doc["kind"], []).append(doc)
+    (sts,) = docs["StatefulSet"]
+    assert sts["spec"]["replicas"] == 1, "one enrollment per pod"
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert args[0] == "run" and set(a for a in args if a.startswith("--")) <= run_flags()
+    state_dir = args[args.index("--state-dir") + 1]
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == state_dir
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == mount["name"]
+    assert [e["name"] for e in c["env"]] == ["TOLLGATE_ENROLL_TOKEN"]
+    assert "TOLLGATE_ENROLL_TOKEN" in cli("run", "--help").stdout
+    assert port_of(args[args.index("--proxy-listen") + 1]) == c["ports"][0]["containerPort"]
+    for svc in docs["Service"]:
+        assert svc["spec"]["selector"] == sts["spec"]["template"]["metadata"]["labels"]
+    probes = [c[k]["exec"]["command"][-1] for k in ("readinessProbe", "livenessProbe")]
+    assert probes == ["http://127.0.0.1:8081/readyz", "http://127.0.0.1:8081/healthz"]
+
+    # The guide's steps: a group, a one-time token, a published config (admin on loopback).
+    env = {"TOLLGATE_CP_URL": control_plane["base"], "TOLLGATE_CP_TOKEN": control_plane["token"],
+           "TOLLGATE_CP_FINGERPRINT": control_plane["fingerprint"]}
+    assert cli("cp", "groups", "create", "site-a", env=env).returncode == 0
+    token = cli("cp", "tokens", "create", "site-a", env=env)
+    assert token.returncode == 0, token.stderr
+    conf = tmp_path / "site-a.yaml"
+    conf.write_text("listen: { proxy: 0.0.0.0:8080, admin: 127.0.0.1:8081 }\n"
+                    "network_guard: { allow: [127.0.0.1/32] }\ndefault_action: allow\n")
+    pub = cli("cp", "configs", "publish", "site-a", conf, env=env)
+    assert pub.returncode == 0, pub.stdout + pub.stderr
+
+    argv = [a.replace("https://tollgate-control-plane:9443", control_plane["base"])
+             .replace("REPLACE_WITH_THE_CONTROL_PLANE_FINGERPRINT", control_plane["fingerprint"])
+             .replace(state_dir, str(tmp_path / "state"))
+             .replace("0.0.0.0:8080", "127.0.0.1:0") for a in args]
+    full_env = dict(os.environ, TOLLGATE_ENROLL_TOKEN=token.stdout.strip())
+    proc = subprocess.Popen([TOLLGATE_BIN, *argv, "--admin-listen", "127.0.0.1:0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=full_env, stdin=subprocess.DEVNULL)
+    try:
+        listening = None
+        for line in proc.stderr:
+            if '"listening"' in line:
+                listening = json.loads(line)
+                break
+        assert listening, "the managed gateway never listened"
+        proxy = listening.get("listen.proxy") or listening["fields"]["listen.proxy"]
+        admin = listening.get("listen.admin") or listening["fields"]["listen.admin"]
+        with requests.Session() as s:
+            s.trust_env = False
+            assert s.get(f"http://{admin}/readyz", timeout=TIMEOUT).status_code == 200
+            r = s.get(upstream.base + "/via-remote", proxies={"http": f"http://{proxy}"},
+                      timeout=TIMEOUT)
+        assert r.status_code == 200 and upstream.requests[-1]["path"] == "/via-remote"
+        assert (tmp_path / "state" / "bundle.json").exists(), "the fail-static backup is kept"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+REMOTE_CHART = DEPLOY / "helm" / "tollgate-remote-gateway"
+
+
+def test_remote_gateway_helm_chart_structure():
+    """The remote-gateway chart renders the same command as the run-tested manifest above:
+    its flags exist in `tollgate run --help`, and state dir, env var, ports and probes agree."""
+    chart = yaml.safe_load((REMOTE_CHART / "Chart.yaml").read_text())
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert chart["name"] == "tollgate-remote-gateway" and chart["appVersion"] == version
+    values = yaml.safe_load((REMOTE_CHART / "values.yaml").read_text())
+
+    def has(path: list[str]) -> bool:
+        node = values
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+        return True
+
+    refs = set()
+    for t in (REMOTE_CHART / "templates").iterdir():
+        refs |= set(re.findall(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", t.read_text()))
+    missing = sorted(r for r in refs if not has(r.lstrip(".").split(".")))
+    assert len(refs) > 15 and not missing, (refs, missing)
+
+    sts = (REMOTE_CHART / "templates" / "statefulset.yaml").read_text()
+    flags = set(re.findall(r"^\s+- (--[a-z-]+)$", sts, re.M))
+    assert {"--control-plane", "--cp-fingerprint", "--cp-public-key", "--state-dir",
+            "--proxy-listen", "--gateway-name", "--label"} == flags
+    assert flags <= run_flags()
+    manifest = yaml.safe_load((REMOTE_K8S / "statefulset.yaml").read_text())
+    (c,) = manifest["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert values["controlPlane"]["url"] == args[args.index("--control-plane") + 1]
+    assert "- --state-dir\n            - /var/lib/tollgate\n" in sts
+    assert "mountPath: /var/lib/tollgate\n" in sts
+    assert "name: TOLLGATE_ENROLL_TOKEN" in sts
+    assert values["proxyPort"] == port_of(args[args.index("--proxy-listen") + 1])
+    for path in ("/readyz", "/healthz"):
+        assert f'"http://127.0.0.1:{{{{ .Values.adminPort }}}}{path}"' in sts
+    assert values["adminPort"] == 8081
+    # Without a pin the template refuses to render.
+    assert "fail " in sts and not values["controlPlane"]["fingerprint"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_remote_gateway_systemd_drop_in_from_the_guide(tmp_path):
+    """docs/deploy.md's managed-gateway drop-in, exactly as printed there, on the shipped unit:
+    `systemd-analyze verify` loads it without a warning and its command uses real flags."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    m = re.search(r"^printf '(\[Service\]\\nExecStartPre=.*?)' \\$", guide, re.M)
+    assert m, "the drop-in printf line is gone from docs/deploy.md"
+    drop_in = m.group(1).replace("\\n", "\n")
+    (exec_start,) = [l for l in drop_in.splitlines() if l.startswith("ExecStart=/")]
+    argv = exec_start.split("=", 1)[1].split()
+    assert argv[:2] == ["/usr/local/bin/tollgate", "run"]
+    assert {a for a in argv if a.startswith("--")} <= run_flags()
+    assert "EnvironmentFile=-/etc/tollgate/tollgate.env" in UNIT.read_text()
+    (tmp_path / "tollgate.service.d").mkdir()
+    (tmp_path / "tollgate.service").write_text(UNIT.read_text().replace("/usr/local/bin/tollgate", TOLLGATE_BIN))
+    (tmp_path / "tollgate.service.d" / "managed.conf").write_text(drop_in.replace("/usr/local/bin/tollgate", TOLLGATE_BIN))
+    ok = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "tollgate.service")],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and not ok.stderr.strip() and not ok.stdout.strip(), ok.stderr
+    # The check sees the drop-in: a typo in it is reported.
+    (tmp_path / "tollgate.service.d" / "managed.conf").write_text(drop_in + "ExecStrat=x\n")
+    bad = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "tollgate.service")],
+                         capture_output=True, text=True, timeout=60)
+    assert "ExecStrat" in bad.stderr, bad.stderr

@@ -126,3 +126,24 @@ def test_invalid_custom_regex_fails_validation(run_cli, tmp_path):
     r = run_cli("validate", cfg)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "apis[0].dlp.custom[0].regex" in r.stdout + r.stderr
+
+
+def test_json_unicode_escapes_are_decoded_before_scanning(gateway, upstream):
+    """A card number written with `\\uXXXX` escapes is still found; the redacted body stays valid JSON."""
+    gw = gateway(dlp_api(upstream, {"detectors": {"card": "redact", "email": "block"}}))
+    escaped = "".join(f"\\u{ord(c):04x}" for c in CARD)
+    raw = '{"note":"pay \\"' + escaped + '\\" today","n":1}'
+    assert json.loads(raw)["note"] == f'pay "{CARD}" today'
+    r = gw.route("POST", "/crm/notes", data=raw.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    rec = upstream.requests[-1]
+    assert json.loads(rec["body"]) == {"note": 'pay "[REDACTED:card]" today', "n": 1}
+    assert seen_header(rec, "content-length") == str(len(rec["body"].encode()))
+    entry = gw.wait_access(lambda e: e.get("api") == "crm" and e.get("dlp"))
+    assert entry["dlp"] == "card:1"
+    # An escaped e-mail address is blocked like a plain one; the upstream never sees it.
+    before = len(upstream.requests)
+    r = gw.route("POST", "/crm/notes", data=b'{"to":"jane\\u0040corp.example"}',
+                 headers={"content-type": "application/json; charset=utf-8"})
+    assert_problem(r, 403, "dlp_blocked")
+    assert len(upstream.requests) == before

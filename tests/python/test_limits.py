@@ -4,11 +4,17 @@ survive a reload; report mode lets the refused request through and logs it."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import threading
 import time
+import uuid
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import pytest
 
 from helpers import assert_problem, base_config, metric_value
 
@@ -274,3 +280,93 @@ def test_tokens_read_from_the_response_use_up_the_limit(gateway):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def next_renewal(per, zone, renewal_day, now):
+    """Epoch seconds of the end of the calendar window holding `now`: the next local midnight
+    in `zone` (`per: 1d`), or the next local midnight of the renewal day (`per: month`)."""
+    tz = ZoneInfo(zone)
+    local = datetime.fromtimestamp(now, tz)
+    if per == "1d":
+        d = local.date() + timedelta(days=1)
+        return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
+
+    def renewal(y, m):
+        return datetime(y, m, min(renewal_day, calendar.monthrange(y, m)[1]), tzinfo=tz)
+
+    this = renewal(local.year, local.month)
+    if local >= this:
+        y, m = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+        return renewal(y, m).timestamp()
+    return this.timestamp()
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+@pytest.mark.parametrize("per,zone,renewal_day", [
+    ("1d", "America/New_York", None), ("month", "Europe/Berlin", 31)])
+def test_calendar_windows_in_iana_time_zones(gateway, upstream, scope, per, zone, renewal_day):
+    """A day or month counted in an IANA zone resets at that zone's local midnight (of the
+    renewal day), in the process and through Redis: Retry-After and the RateLimit reset say
+    exactly when."""
+    limit = {"name": "cal", "requests": 2, "per": per, "time_zone": zone, "scope": scope}
+    if renewal_day:
+        limit["renewal_day"] = renewal_day
+    extra = {}
+    if scope == "global":
+        extra["state"] = {"redis": {"url": "redis://127.0.0.1:6379/0",
+                                    "prefix": f"tg-cal-{uuid.uuid4().hex[:8]}"}}
+    gw = gateway(base_config(apis=[limited_api([limit])], **extra))
+    end = next_renewal(per, zone, renewal_day, time.time())
+    if end - time.time() < 30:
+        pytest.skip("the window ends within seconds; the counts could straddle it")
+    for _ in range(2):
+        assert gw.get(f"{upstream.base}/cal").status_code == 200
+    r = gw.get(f"{upstream.base}/cal")
+    assert_problem(r, 429, "rate_limited")
+    want = end - time.time()
+    assert abs(int(r.headers["Retry-After"]) - want) <= 3, (r.headers["Retry-After"], want)
+    t = int(re.search(r";t=(\d+)", r.headers["RateLimit"]).group(1))
+    assert abs(t - want) <= 3, (r.headers["RateLimit"], want)
+
+
+def test_validate_rejects_an_unknown_time_zone(run_cli, tmp_path):
+    f = tmp_path / "tz.yaml"
+    f.write_text(
+        "apis:\n"
+        "  - name: a\n"
+        "    hosts: [a.example]\n"
+        "    limits:\n"
+        "      - { name: daily, requests: 5, per: 1d, time_zone: Europe/Berlin }\n"
+        "      - { name: monthly, requests: 5, per: month, time_zone: Europe/Berln }\n")
+    p = run_cli("validate", f)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    m = re.search(rf"{re.escape(str(f))}:(\d+):(\d+): (\S+)", p.stderr)
+    assert m, p.stderr
+    assert m.group(1) == "6" and m.group(3).startswith("apis[0].limits[1].time_zone"), p.stderr
+    assert 'unknown time zone "Europe/Berln"' in p.stderr
+    assert "apis[0].limits[0]" not in p.stderr
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_a_key_limit_refusal_gives_back_the_api_limits(gateway, upstream, scope):
+    """The API's limit admits a request, then every credential key is at its own limit: the
+    request is refused (429) and the API's limit gets its unit back."""
+    extra = {}
+    if scope == "global":
+        extra["state"] = {"redis": {"url": "redis://127.0.0.1:6379/0",
+                                    "prefix": f"tg-keyrefund-{uuid.uuid4().hex[:8]}"}}
+    minute = {"name": "minute", "requests": 1, "per": "1m"}
+    api = {"name": "multi", "hosts": ["127.0.0.1"],
+           "limits": [{"name": "hourly", "requests": 10, "per": "1h", "scope": scope}],
+           "credentials": {"keys": [
+               {"name": "one", "header": "x-key", "value": "${env:K1}", "limits": [dict(minute)]},
+               {"name": "two", "header": "x-key", "value": "${env:K2}", "limits": [dict(minute)]}]}}
+    gw = gateway(base_config(apis=[api], **extra), env={"K1": "key-one", "K2": "key-two"})
+    fresh_minute()
+    for _ in range(2):
+        assert gw.get(f"{upstream.base}/k").status_code == 200
+    for _ in range(3):
+        assert_problem(gw.get(f"{upstream.base}/k"), 429, "rate_limited")
+    assert len(upstream.requests) == 2
+    hourly = _limits_doc_limit(gw.admin("GET", "/admin/limits").json(), "multi", "hourly")
+    assert [(k["used"], k["remaining"]) for k in hourly["keys"]] == [(2, 8)], hourly

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+
+import pytest
 
 from helpers import assert_problem, base_config, metric_value
 
@@ -77,3 +80,33 @@ def test_full_concurrency_limit_answers_429(gateway, upstream):
     slow[0].join(30)
     assert slow[1]["r"].status_code == 200
     until("slots free", lambda: metric(gw, "tollgate_concurrency_in_flight", api="echo") == 0)
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_concurrency_refusal_consumes_no_rate_limit(gateway, upstream, scope):
+    """A request the rate limit admits but the concurrency limit refuses gets its units back
+    (in the process, or in Redis for `scope: global`): only requests that went upstream count."""
+    extra = {}
+    if scope == "global":
+        extra["state"] = {"redis": {"url": "redis://127.0.0.1:6379/0",
+                                    "prefix": f"tg-refund-{uuid.uuid4().hex[:8]}"}}
+    gw = gateway(base_config(
+        consumers=[consumer("a")],
+        apis=[{"name": "echo", "hosts": ["127.0.0.1"], "concurrency": {"max": 1},
+               "limits": [{"name": "hourly", "requests": 3, "per": "1h", "scope": scope}]}],
+        **extra))
+    slow = in_thread(lambda: gw.get(f"{upstream.base}/slow?ms=1500", headers={"x-team": "a"}, timeout=30))
+    until("slot taken", lambda: metric(gw, "tollgate_concurrency_in_flight", api="echo") == 1)
+    for i in range(4):
+        r = gw.get(f"{upstream.base}/refused{i}", headers={"x-team": "a"})
+        assert_problem(r, 429, "concurrency_limited")
+    slow[0].join(30)
+    assert slow[1]["r"].status_code == 200
+    until("slot free", lambda: metric(gw, "tollgate_concurrency_in_flight", api="echo") == 0)
+    # The slow request used 1 of 3; the four refused ones used nothing.
+    for i in range(2):
+        r = gw.get(f"{upstream.base}/after{i}", headers={"x-team": "a"})
+        assert r.status_code == 200, r.text
+    r = gw.get(f"{upstream.base}/over", headers={"x-team": "a"})
+    assert_problem(r, 429, "rate_limited")
+    assert [q["path"] for q in upstream.requests] == ["/slow?ms=1500", "/after0", "/after1"]

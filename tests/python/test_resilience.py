@@ -7,11 +7,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import assert_problem, base_config, metric_value
+from helpers import assert_problem, base_config, metric_value, wait_until
 
 
 class ScriptedHandler(BaseHTTPRequestHandler):
@@ -110,3 +111,74 @@ def test_breaker_and_provider_backoff_answer_locally(gateway, scripted):
     assert metric_value(metrics, "tollgate_provider_backoff_total", api="flaky") == 1
     e = gw.wait_access(lambda e: e.get("reason") == "circuit_open")
     assert e["status"] == 503 and e["attempts"] == 0
+
+
+class KeyedHandler(BaseHTTPRequestHandler):
+    """Answers 429 `Retry-After: 3` to requests whose `x-key` is in `server.refuse`, 200 to
+    the rest; records every request's key."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        key = self.headers.get("x-key", "")
+        srv = self.server
+        with srv.lock:
+            srv.keys.append(key)
+            refused = key in srv.refuse
+        out = b"slow down" if refused else b"ok"
+        self.send_response(429 if refused else 200)
+        if refused:
+            self.send_header("Retry-After", "3")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.fixture
+def keyed():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), KeyedHandler)
+    srv.daemon_threads = True
+    srv.lock = threading.Lock()
+    srv.refuse = set()
+    srv.keys = []
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_key_backoff_is_shared_across_gateways(gateway, keyed):
+    """Two gateways sharing Redis; the provider answers 429 + Retry-After for key a only.
+    The gateway that met it parks key a, and so does the other one, which then sends every
+    request with key b (key a would still get the 429)."""
+    cfg = base_config(
+        state={"redis": {"url": "redis://127.0.0.1:6379/0",
+                         "prefix": f"tg-keyboff-{uuid.uuid4().hex[:8]}"}},
+        apis=[{"name": "multi", "hosts": ["127.0.0.1"], "credentials": {"keys": [
+            {"name": "a", "header": "x-key", "value": "${env:KA}"},
+            {"name": "b", "header": "x-key", "value": "${env:KB}"}]}}])
+    env = {"KA": "key-a", "KB": "key-b"}
+    g1, g2 = gateway(cfg, env=env), gateway(cfg, env=env)
+    # Gateway 2 has served the API, so it follows the shared back-offs.
+    assert g2.get(f"{keyed.base}/warm").status_code == 200
+    keyed.refuse.add("key-a")
+    # Round robin: key a comes up within two requests on gateway 1.
+    assert 429 in [g1.get(f"{keyed.base}/g1").status_code for _ in range(2)]
+
+    def key_backoff(gw):
+        listing = gw.admin("GET", "/admin/limits").json()
+        api = next(a for a in listing["apis"] if a["name"] == "multi")
+        return api["key_backoff_ms"]
+
+    assert key_backoff(g1)["a"] is not None
+    assert wait_until(lambda: key_backoff(g2)["a"] is not None, timeout=5), key_backoff(g2)
+    assert key_backoff(g2)["b"] is None
+    before = len(keyed.keys)
+    for _ in range(4):
+        r = g2.get(f"{keyed.base}/g2")
+        assert r.status_code == 200, r.text
+    assert keyed.keys[before:] == ["key-b"] * 4

@@ -4,14 +4,16 @@
 //! [`global_problems`]; the caching rules themselves are in the proxy's
 //! `cache.rs` and docs/stages/cache.md.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::units::{ByteSize, Duration};
 
-/// One part of the cache key of an API's responses (`apis[].cache.key`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+/// One part of the cache key of an API's responses (`apis[].cache.key`): `method`, `url`,
+/// `consumer`, `credential`, `header:<name>` or `{ headers: [..] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKeyPart {
     /// The request method (`GET`, `HEAD`). Required.
     Method,
@@ -20,16 +22,95 @@ pub enum CacheKeyPart {
     /// The consumer's name. Also added, whatever the key says, unless
     /// `shared_across_consumers` is true.
     Consumer,
+    /// The name of the credential key Tollgate injects for the request (never its value):
+    /// with several `credentials.keys`, responses fetched with one key are only served to
+    /// requests that would use the same key.
+    Credential,
     /// Values of these request headers (case-insensitive names; absent and empty differ).
+    /// `header:X-Tenant` is the one-header form.
     Headers(Vec<String>),
 }
 
-fn default_key() -> Vec<CacheKeyPart> {
-    vec![
-        CacheKeyPart::Method,
-        CacheKeyPart::Url,
-        CacheKeyPart::Consumer,
-    ]
+impl Serialize for CacheKeyPart {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match self {
+            Self::Method => s.serialize_str("method"),
+            Self::Url => s.serialize_str("url"),
+            Self::Consumer => s.serialize_str("consumer"),
+            Self::Credential => s.serialize_str("credential"),
+            Self::Headers(h) if h.len() == 1 => s.serialize_str(&format!("header:{}", h[0])),
+            Self::Headers(h) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("headers", h)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CacheKeyPart {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Headers {
+            headers: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Headers(Headers),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Headers(h) => Ok(Self::Headers(h.headers)),
+            Raw::Name(n) => match n.trim() {
+                "method" => Ok(Self::Method),
+                "url" => Ok(Self::Url),
+                "consumer" => Ok(Self::Consumer),
+                "credential" => Ok(Self::Credential),
+                other => match other.strip_prefix("header:") {
+                    Some(h) => Ok(Self::Headers(vec![h.trim().to_owned()])),
+                    None => Err(serde::de::Error::custom(format!(
+                        "unknown cache key part {other:?}: expected method, url, consumer, credential, header:<name> or {{ headers: [..] }}"
+                    ))),
+                },
+            },
+        }
+    }
+}
+
+impl JsonSchema for CacheKeyPart {
+    fn schema_name() -> Cow<'static, str> {
+        "CacheKeyPart".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`method`, `url`, `consumer`, `credential`, `header:<name>` or `{ headers: [..] }`.",
+            "oneOf": [
+                { "enum": ["method", "url", "consumer", "credential"] },
+                { "type": "string", "pattern": "^header:.+$" },
+                {
+                    "type": "object",
+                    "properties": { "headers": { "type": "array", "items": { "type": "string" } } },
+                    "required": ["headers"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
+/// The key when `key` is absent: `[method, url]` (the consumer is added unless
+/// `shared_across_consumers`), plus `credential` when the API injects one of several keys (so
+/// a response fetched with one account's key is never served for another's, even when shared
+/// across consumers).
+pub fn default_key(several_keys: bool) -> Vec<CacheKeyPart> {
+    let mut k = vec![CacheKeyPart::Method, CacheKeyPart::Url];
+    if several_keys {
+        k.push(CacheKeyPart::Credential);
+    }
+    k
 }
 
 fn yes() -> bool {
@@ -55,13 +136,33 @@ pub struct ApiCache {
     #[serde(default = "default_max_entry")]
     pub max_entry: ByteSize,
     /// What identifies a stored response, besides `Vary`: `method`, `url` (both required),
-    /// `consumer`, `headers: [..]`. Default `[method, url, consumer]`.
-    #[serde(default = "default_key")]
-    pub key: Vec<CacheKeyPart>,
+    /// `consumer`, `credential`, `header:<name>`, `{ headers: [..] }`. Absent: `[method, url]`,
+    /// plus `credential` when the API has several credential keys. The consumer is always
+    /// part of the key unless `shared_across_consumers`.
+    #[serde(default)]
+    pub key: Option<Vec<CacheKeyPart>>,
     /// Serve one consumer's cached responses to other consumers (default false: the consumer
     /// is always part of the key). `private` responses are never stored either way.
     #[serde(default)]
     pub shared_across_consumers: bool,
+}
+
+impl ApiCache {
+    /// The effective key parts: `key`, or the default for an API with (`several_keys`) or
+    /// without several credential keys (see [`default_key`]).
+    pub fn key_parts(&self, several_keys: bool) -> &[CacheKeyPart] {
+        const ONE: &[CacheKeyPart] = &[CacheKeyPart::Method, CacheKeyPart::Url];
+        const SEVERAL: &[CacheKeyPart] = &[
+            CacheKeyPart::Method,
+            CacheKeyPart::Url,
+            CacheKeyPart::Credential,
+        ];
+        match &self.key {
+            Some(k) => k,
+            None if several_keys => SEVERAL,
+            None => ONE,
+        }
+    }
 }
 
 fn default_max_bytes() -> ByteSize {
@@ -95,8 +196,9 @@ pub fn problems(c: &ApiCache) -> Vec<(String, String)> {
     if c.ttl.is_some_and(|t| t.0.is_zero()) {
         out.push(("ttl".into(), "must be above 0 (omit it for none)".into()));
     }
+    let key = c.key.as_deref().unwrap_or(&[]);
     for need in [CacheKeyPart::Method, CacheKeyPart::Url] {
-        if !c.key.contains(&need) {
+        if c.key.is_some() && !key.contains(&need) {
             out.push((
                 "key".into(),
                 format!(
@@ -110,7 +212,7 @@ pub fn problems(c: &ApiCache) -> Vec<(String, String)> {
             ));
         }
     }
-    for (i, p) in c.key.iter().enumerate() {
+    for (i, p) in key.iter().enumerate() {
         if let CacheKeyPart::Headers(h) = p {
             for (j, name) in h.iter().enumerate() {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -148,16 +250,25 @@ mod tests {
         let c = l.config.apis[0].cache.clone().unwrap();
         assert!(c.enabled && !c.shared_across_consumers && c.ttl.is_none());
         assert_eq!(c.max_entry, ByteSize(1024 * 1024));
-        assert_eq!(c.key, default_key());
+        assert_eq!(c.key, None);
+        assert_eq!(c.key_parts(false), default_key(false));
+        assert_eq!(c.key_parts(true), default_key(true));
         assert_eq!(l.config.cache.max_bytes, ByteSize(256 * 1024 * 1024));
 
-        let src = api("{ ttl: 60s, key: [method, url, { headers: [x-tenant] }] }");
+        let src = api(
+            "{ ttl: 60s, key: [method, url, { headers: [x-tenant] }, credential, \"header:X-Org\"] }",
+        );
         let c = crate::load_str(&src, "t.yaml").unwrap().config.apis[0]
             .cache
             .clone()
             .unwrap();
         assert_eq!(c.ttl, Some(Duration::from_secs(60)));
-        assert_eq!(c.key[2], CacheKeyPart::Headers(vec!["x-tenant".into()]));
+        let key = c.key.unwrap();
+        assert_eq!(key[2], CacheKeyPart::Headers(vec!["x-tenant".into()]));
+        assert_eq!(key[3], CacheKeyPart::Credential);
+        assert_eq!(key[4], CacheKeyPart::Headers(vec!["X-Org".into()]));
+        let bad = api("{ key: [method, url, tenant] }");
+        assert!(crate::load_str(&bad, "t.yaml").is_err());
     }
 
     #[test]

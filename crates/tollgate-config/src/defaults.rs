@@ -54,7 +54,7 @@ mod tests {
         assert!(matches!(c.consumers[0].identify, Identify::Header(_)));
         // Parsing keeps the reference; nothing reads the environment until resolve().
         match &c.consumers[1].identify {
-            Identify::ApiKey(k) => assert_eq!(k.key, SecretRef::Env("ACME_KEY".into())),
+            Identify::ApiKey(k) => assert_eq!(k.key, Some(SecretRef::Env("ACME_KEY".into()))),
             other => panic!("unexpected identify {other:?}"),
         }
         assert_eq!(c.apis.len(), 2);

@@ -351,6 +351,8 @@ fn take_section(dst: &mut Config, src: &mut Config, key: &str) -> bool {
         "discovery" => dst.discovery = take(&mut src.discovery),
         "tls_intercept" => dst.tls_intercept = take(&mut src.tls_intercept),
         "cache" => dst.cache = take(&mut src.cache),
+        "telemetry" => dst.telemetry = take(&mut src.telemetry),
+        "auth" => dst.auth = take(&mut src.auth),
         _ => return false,
     }
     true

@@ -63,6 +63,12 @@ pub struct Config {
     /// The response cache's memory bound (`apis[].cache` turns caching on per API).
     #[serde(default)]
     pub cache: crate::cache::CacheGlobal,
+    /// OpenTelemetry trace export (`telemetry.tracing`); off when absent (docs/tracing.md).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Inbound caller authentication beyond API keys: trusted JWT issuers (docs/auth.md).
+    #[serde(default)]
+    pub auth: crate::auth::Auth,
     /// Named callers.
     #[serde(default)]
     pub consumers: Vec<Consumer>,
@@ -409,6 +415,8 @@ pub enum Identify {
     Source(Vec<String>),
     /// The verified client certificate on `listen.proxy_tls` (exactly one field, exact match).
     ClientCert(ClientCertIdentity),
+    /// A JWT bearer token on routes from an `auth.jwt` issuer (docs/auth.md).
+    Jwt(crate::auth::JwtIdentity),
 }
 
 /// Matches a verified client certificate; set exactly one field.
@@ -436,12 +444,22 @@ pub struct HeaderIdentity {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyIdentity {
-    /// The key, as a secret reference (`${env:NAME}` or `${file:/path}`).
-    pub key: SecretRef,
-    /// Header carrying the key. Absent: `Proxy-Authorization` (Basic password or Bearer token),
-    /// then `Authorization: Bearer` on routes.
+    /// The key, as a secret reference (`${env:NAME}` or `${file:/path}`). Set exactly one of
+    /// `key` and `key_sha256`.
+    #[serde(default)]
+    pub key: Option<SecretRef>,
+    /// The SHA-256 of the key as 64 hex digits, so the key itself is stored nowhere in the
+    /// configuration (docs/auth.md).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Header carrying the key. Absent (and no `query`): `Proxy-Authorization` (Basic password
+    /// or Bearer token), then `Authorization: Bearer` on routes.
     #[serde(default)]
     pub header: Option<String>,
+    /// Query parameter carrying the key (`?api_key=…`) instead of a header. Removed before
+    /// forwarding and redacted in access logs.
+    #[serde(default)]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -458,6 +476,14 @@ pub struct Api {
     /// Upstream base URL for routes (`https://api.github.com`). Absent: `https://` + first host.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Several backends for a route instead of one `upstream` URL: load balancing, health
+    /// checks and passive ejection (docs/upstream-groups.md).
+    #[serde(default)]
+    pub upstream_group: Option<crate::upstreams::UpstreamGroup>,
+    /// CORS for the route: preflights answered at the gateway, `Access-Control-*` on responses
+    /// (docs/upstream-groups.md#cors). Absent: no CORS handling (requests pass as they are).
+    #[serde(default)]
+    pub cors: Option<crate::cors::Cors>,
     /// Allowed method/path rules. Empty: everything is allowed.
     #[serde(default)]
     pub allow: Vec<AllowRule>,
@@ -530,8 +556,9 @@ pub struct Limit {
     /// `limit_store_unavailable`.
     #[serde(default)]
     pub on_store_failure: OnStoreFailure,
-    /// `per: month` only: the fixed UTC offset the month is counted in (`+02:00`, `-05:30`).
-    /// Absent: UTC. Daylight-saving changes are not followed.
+    /// Calendar windows only (`per: 1d` with `algorithm: fixed`, and `per: month`): the time
+    /// zone the day or month is counted in, an IANA name (`Europe/Berlin`, following its
+    /// daylight-saving changes) or a fixed UTC offset (`+02:00`, `-05:30`). Absent: UTC.
     #[serde(default)]
     pub time_zone: Option<String>,
     /// `per: month` only: the day of the month (1..31) the quota renews at 00:00 local time; in
@@ -748,19 +775,77 @@ fn default_discovery_bound() -> usize {
     200
 }
 
-/// Connection to the Redis that holds `global` limit counters.
+/// Connection to the Redis that holds `global` limit counters. Exactly one of `url` (one
+/// server, plain or TLS), `sentinel` or `cluster`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisState {
-    /// `redis://[user:password@]host:port[/db]` (may embed a password, so write it as a secret
-    /// reference such as `${env:REDIS_URL}`). Sentinel, Cluster and `rediss://` are not supported yet.
-    pub url: SecretRef,
+    /// One server: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS (may embed
+    /// a password, so write it as a secret reference such as `${env:REDIS_URL}`).
+    #[serde(default)]
+    pub url: Option<SecretRef>,
+    /// A master found through Redis Sentinel (failover followed automatically).
+    #[serde(default)]
+    pub sentinel: Option<RedisSentinel>,
+    /// A Redis Cluster, discovered from seed nodes.
+    #[serde(default)]
+    pub cluster: Option<RedisCluster>,
+    /// TLS to every Redis connection (sentinels and cluster nodes included). With `url` it
+    /// needs `rediss://`; `rediss://` without it uses the system's roots.
+    #[serde(default)]
+    pub tls: Option<RedisTls>,
+    /// ACL user of the data nodes (overrides a user in `url`).
+    #[serde(default)]
+    pub username: Option<SecretRef>,
+    /// Password of the data nodes (overrides a password in `url`).
+    #[serde(default)]
+    pub password: Option<SecretRef>,
     /// Upper bound for one decision, connect included. Default 50ms.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Duration,
     /// Key prefix (the first part of every key's hash tag). Default `tollgate`.
     #[serde(default = "default_redis_prefix")]
     pub prefix: String,
+}
+
+/// `state.redis.sentinel`: where the sentinels are and which master they watch.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSentinel {
+    /// The master's name as the sentinels know it (`sentinel monitor <name> …`).
+    pub master: String,
+    /// Sentinel addresses, `host:port`, asked in order.
+    pub nodes: Vec<String>,
+    /// ACL user of the sentinels themselves (not of the master).
+    #[serde(default)]
+    pub username: Option<SecretRef>,
+    /// Password of the sentinels themselves (`requirepass` of the sentinel).
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+}
+
+/// `state.redis.cluster`: seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisCluster {
+    /// Some of the cluster's nodes, `host:port`; the rest is discovered.
+    pub nodes: Vec<String>,
+}
+
+/// `state.redis.tls`: how Tollgate verifies Redis and proves itself to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    /// PEM file of the CA(s) that sign the Redis servers' certificates (a private CA).
+    /// Absent: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain, for servers that require client certificates (mTLS).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
 }
 
 fn default_redis_timeout() -> Duration {

@@ -78,6 +78,12 @@ pub struct CredentialKey {
     /// An OAuth 2.0 client-credentials token.
     #[serde(default)]
     pub oauth2: Option<OAuth2Credentials>,
+    /// This key's own rate limits and quotas (the provider's per-account quota), same syntax
+    /// as `apis[].limits` (`scope: local` or `global`). A key whose limit is exhausted is
+    /// skipped like a key in back-off; when every key is exhausted the request is answered
+    /// 429. Not allowed here: `on_limit: queue`, `shares` and response-based `cost`.
+    #[serde(default)]
+    pub limits: Vec<crate::Limit>,
 }
 
 /// How one key of several is picked for a request.

@@ -329,6 +329,31 @@ pub fn concurrency_problems(c: &Concurrency) -> Vec<(String, String)> {
     out
 }
 
+/// A limit's `time_zone` (`per: 1d` and `per: month`): a fixed UTC offset or an IANA zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeZoneSetting {
+    /// Minutes east of UTC (`+02:00` → 120; `UTC` and `Z` → 0).
+    Offset(i32),
+    /// A name the bundled IANA time-zone database knows (`Europe/Berlin`).
+    Iana(String),
+}
+
+/// Parses a `time_zone`: a fixed offset (`+02:00`, `-0530`, `Z`, `UTC`, see
+/// [`crate::parse_utc_offset`]) or an IANA zone name, checked against the tz database bundled
+/// into the binary (so `tollgate validate` rejects a misspelt zone).
+pub fn parse_time_zone(s: &str) -> Result<TimeZoneSetting, String> {
+    let t = s.trim();
+    if t.starts_with(['+', '-']) || t.eq_ignore_ascii_case("z") || t.eq_ignore_ascii_case("utc") {
+        return crate::parse_utc_offset(t).map(TimeZoneSetting::Offset);
+    }
+    match jiff::tz::TimeZone::get(t) {
+        Ok(_) => Ok(TimeZoneSetting::Iana(t.to_owned())),
+        Err(_) => Err(format!(
+            "unknown time zone {s:?}: expected an IANA name such as Europe/Berlin or America/New_York, or a UTC offset such as +02:00"
+        )),
+    }
+}
+
 /// The shares map type of a limit: consumer name → guaranteed share. Sorted by name, which is
 /// also the order of the share groups.
 pub type Shares = BTreeMap<String, Percentage>;
@@ -513,6 +538,29 @@ mod tests {
                 as_yaml(Borrow::Unallocated)
             ),
             ("true".into(), "false".into(), "\"unallocated\"".into())
+        );
+    }
+
+    #[test]
+    fn time_zones_are_offsets_or_iana_names() {
+        use TimeZoneSetting::{Iana, Offset};
+        assert_eq!(parse_time_zone("+02:00"), Ok(Offset(120)));
+        assert_eq!(parse_time_zone("-0530"), Ok(Offset(-330)));
+        assert_eq!(parse_time_zone("UTC"), Ok(Offset(0)));
+        assert_eq!(
+            parse_time_zone("Europe/Berlin"),
+            Ok(Iana("Europe/Berlin".into()))
+        );
+        assert_eq!(
+            parse_time_zone(" America/New_York "),
+            Ok(Iana("America/New_York".into()))
+        );
+        let e = parse_time_zone("Europe/Berln").unwrap_err();
+        assert!(e.contains("unknown time zone \"Europe/Berln\""), "{e}");
+        assert!(
+            parse_time_zone("+25:00")
+                .unwrap_err()
+                .contains("UTC offset")
         );
     }
 

@@ -12,9 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
-use crate::model::{
-    Api, Config, Consumer, Identify, Limit, LimitAlgorithm, LimitCost, LimitScope, parse_utc_offset,
-};
+use crate::model::{Api, Config, Consumer, Identify, Limit, LimitAlgorithm, LimitCost, LimitScope};
 use crate::source_map::SourceMap;
 
 /// Consumer name given to callers no consumer matches, when `unknown_consumer.action: anonymous`.
@@ -217,6 +215,31 @@ impl Validator<'_> {
             ) {
                 self.err(format!("{at}.{k}"), m);
             }
+            if let Some(c) = &api.cors {
+                for (k, m) in crate::cors::problems(c) {
+                    self.err(format!("{at}.cors.{k}"), m);
+                }
+                if api.route.is_none() {
+                    self.err(format!("{at}.cors"), "CORS applies to a `route`; add one");
+                }
+            }
+            if let Some(g) = &api.upstream_group {
+                for (k, m) in crate::upstreams::problems(g) {
+                    self.err(format!("{at}.upstream_group.{k}"), m);
+                }
+                if api.upstream.is_some() {
+                    self.err(
+                        format!("{at}.upstream_group"),
+                        "set either `upstream` or `upstream_group`, not both",
+                    );
+                }
+                if api.route.is_none() {
+                    self.err(
+                        format!("{at}.upstream_group"),
+                        "an upstream group serves a `route`; add one",
+                    );
+                }
+            }
             let Some(route) = &api.route else { continue };
             if let Some(m) = route_problem(route) {
                 self.err(format!("{at}.route"), m);
@@ -226,7 +249,10 @@ impl Validator<'_> {
                     format!("route {route:?} is already used by apis[{first}]"),
                 );
             }
-            if api.upstream.is_none() && !api.hosts.iter().any(|h| !h.starts_with('*')) {
+            if api.upstream.is_none()
+                && api.upstream_group.is_none()
+                && !api.hosts.iter().any(|h| !h.starts_with('*'))
+            {
                 self.err(
                     format!("{at}.route"),
                     "an API with a route needs `upstream` or at least one non-wildcard host to forward to",
@@ -333,9 +359,13 @@ impl Validator<'_> {
             );
         }
         if let Some(tz) = &l.time_zone {
-            if !l.per.is_month() {
-                self.err(format!("{at}.time_zone"), "only applies to `per: month`");
-            } else if let Err(m) = parse_utc_offset(tz) {
+            let day = !l.per.is_month() && l.per.get().as_millis() == 86_400_000;
+            if !(l.per.is_month() || day && l.algorithm == LimitAlgorithm::Fixed) {
+                self.err(
+                    format!("{at}.time_zone"),
+                    "only applies to calendar windows: `per: 1d` (algorithm fixed) or `per: month`",
+                );
+            } else if let Err(m) = crate::traffic::parse_time_zone(tz) {
                 self.err(format!("{at}.time_zone"), m);
             }
         }
@@ -348,6 +378,55 @@ impl Validator<'_> {
         }
         if let Some(c) = &l.cost {
             self.limit_cost(at, c);
+        }
+    }
+
+    fn redis_nodes(&mut self, path: &str, list: &[String]) {
+        if list.is_empty() {
+            self.err(path, "needs at least one host:port");
+        }
+        for (i, a) in list.iter().enumerate() {
+            let ok = a.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && !h.contains(['/', '@']) && p.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                self.err(format!("{path}[{i}]"), format!("{a:?} is not host:port"));
+            }
+        }
+    }
+
+    /// `state.redis`: exactly one topology, addresses as `host:port`, a client key with its
+    /// certificate. (URLs and files are checked when the gateway is built: they may be secrets.)
+    fn redis_topology(&mut self, r: &crate::RedisState) {
+        let n = [r.url.is_some(), r.sentinel.is_some(), r.cluster.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if n != 1 {
+            self.err(
+                "state.redis",
+                "set exactly one of `url` (one server, redis:// or rediss://), `sentinel` or `cluster`",
+            );
+        }
+        if let Some(s) = &r.sentinel {
+            self.redis_nodes("state.redis.sentinel.nodes", &s.nodes);
+            if s.master.trim().is_empty() {
+                self.err(
+                    "state.redis.sentinel.master",
+                    "must name the monitored master",
+                );
+            }
+        }
+        if let Some(c) = &r.cluster {
+            self.redis_nodes("state.redis.cluster.nodes", &c.nodes);
+        }
+        if let Some(t) = &r.tls
+            && t.cert_file.is_some() != t.key_file.is_some()
+        {
+            self.err(
+                "state.redis.tls",
+                "`cert_file` and `key_file` go together (a client certificate and its key)",
+            );
         }
     }
 
@@ -373,6 +452,7 @@ impl Validator<'_> {
                     "must be non-empty, without braces or spaces (it becomes part of a hash tag)",
                 );
             }
+            self.redis_topology(r);
         }
         if cfg.state.dir.as_deref().is_some_and(str::is_empty) {
             self.err("state.dir", "must not be empty");
@@ -422,6 +502,9 @@ impl Validator<'_> {
         }
         for (k, m) in crate::cache::global_problems(&cfg.cache) {
             self.err(format!("cache.{k}"), m);
+        }
+        for (k, m) in crate::telemetry::problems(&cfg.telemetry) {
+            self.err(format!("telemetry.{k}"), m);
         }
         for (i, c) in cfg.consumers.iter().enumerate() {
             self.dlp(
@@ -510,6 +593,8 @@ impl Validator<'_> {
                         );
                     }
                 }
+                // Checked where the policy compiles (tollgate-policy stage/jwt.rs).
+                Identify::Jwt(_) => {}
                 Identify::ClientCert(c) => {
                     let set = [&c.subject_cn, &c.dns, &c.uri]
                         .iter()

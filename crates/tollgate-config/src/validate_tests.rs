@@ -360,9 +360,13 @@ fn shared_state_month_windows_and_cost_are_checked() {
       - { name: g, requests: 5, per: 1h, scope: global }
       - { name: m, requests: 5, per: month, algorithm: sliding }
       - { name: tz, requests: 5, per: month, time_zone: \"+25:00\", renewal_day: 32 }
-      - { name: misplaced, requests: 5, per: 1d, time_zone: \"+02:00\", renewal_day: 3 }
+      - { name: misplaced, requests: 5, per: 1h, time_zone: \"+02:00\", renewal_day: 3 }
       - { name: c, requests: 5, per: 1d, cost: { header: \"bad header\" } }
       - { name: ok, requests: 5, per: month, time_zone: \"-05:30\", renewal_day: 31, on_store_failure: closed, cost: { header: x-weight } }
+      - { name: iana, requests: 5, per: month, time_zone: Europe/Berlin, renewal_day: 31 }
+      - { name: day, requests: 5, per: 1d, time_zone: America/New_York }
+      - { name: typo, requests: 5, per: 1d, time_zone: Europe/Berln }
+      - { name: slide, requests: 5, per: 1d, algorithm: sliding, time_zone: Europe/Berlin }
 ");
     let got = paths(&src);
     assert_eq!(
@@ -375,8 +379,16 @@ fn shared_state_month_windows_and_cost_are_checked() {
             "apis[0].limits[3].time_zone",
             "apis[0].limits[3].renewal_day",
             "apis[0].limits[4].cost.header",
+            "apis[0].limits[8].time_zone",
+            "apis[0].limits[9].time_zone",
         ]
     );
+    let msgs = problems(&src);
+    assert!(
+        msgs[7].1.contains("unknown time zone \"Europe/Berln\""),
+        "{msgs:?}"
+    );
+    assert!(msgs[8].1.contains("calendar windows"), "{msgs:?}");
     let with_redis = format!(
         "state:\n  dir: /tmp/x\n  redis: {{ url: \"${{env:REDIS_URL}}\", prefix: \"a{{b}}\", timeout: 0s }}\n{}",
         api("    limits: [{ name: g, requests: 5, per: 1h, scope: global }]\n")
@@ -388,7 +400,7 @@ fn shared_state_month_windows_and_cost_are_checked() {
     let valid = with_redis.replace("a{b}", "tg").replace("0s", "20ms");
     let loaded = load_str(&valid, "s.yaml").unwrap().config;
     let r = loaded.state.redis.unwrap();
-    assert_eq!(r.url.to_string(), "${env:REDIS_URL}");
+    assert_eq!(r.url.unwrap().to_string(), "${env:REDIS_URL}");
     assert_eq!((r.prefix.as_str(), r.timeout.get().as_millis()), ("tg", 20));
     assert_eq!(loaded.state.dir.as_deref(), Some("/tmp/x"));
     assert_eq!(loaded.apis[0].limits[0].scope, LimitScope::Global);
@@ -401,7 +413,7 @@ fn shared_state_month_windows_and_cost_are_checked() {
         ("02:00", Err(())),
         ("+1:75", Err(())),
     ] {
-        assert_eq!(parse_utc_offset(tz).map_err(|_| ()), want, "{tz}");
+        assert_eq!(crate::parse_utc_offset(tz).map_err(|_| ()), want, "{tz}");
     }
 }
 
@@ -419,4 +431,43 @@ fn discovery_bounds_are_checked() {
             .is_empty()
     );
     assert_eq!(paths("discovery: { max_host: 5 }"), ["discovery.max_host"]);
+}
+
+#[test]
+fn redis_topologies_validate() {
+    let redis = |body: &str| format!("state:\n  redis: {body}\n");
+    // Exactly one topology.
+    assert_eq!(paths(&redis("{ timeout: 20ms }")), ["state.redis"]);
+    assert_eq!(
+        paths(&redis(
+            "{ url: \"redis://h:1\", cluster: { nodes: [\"h:1\"] } }"
+        )),
+        ["state.redis"]
+    );
+    // Addresses are host:port; a sentinel names its master; cert and key go together.
+    assert_eq!(
+        paths(&redis(
+            "{ sentinel: { master: \" \", nodes: [\"h:26379\", \"redis://h:1\", \"h\"] } }"
+        )),
+        [
+            "state.redis.sentinel.master",
+            "state.redis.sentinel.nodes[1]",
+            "state.redis.sentinel.nodes[2]"
+        ]
+    );
+    assert_eq!(
+        paths(&redis(
+            "{ cluster: { nodes: [] }, tls: { cert_file: /c.pem } }"
+        )),
+        ["state.redis.cluster.nodes", "state.redis.tls"]
+    );
+    let ok = redis(
+        "{ sentinel: { master: m, nodes: [\"127.0.0.1:26379\", \"[::1]:26380\"], password: \"${env:S}\" }, \
+         tls: { ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem }, username: app }",
+    );
+    assert!(paths(&ok).is_empty(), "{:?}", paths(&ok));
+    let loaded = load_str(&ok, "s.yaml").unwrap().config;
+    let r = loaded.state.redis.unwrap();
+    assert_eq!(r.sentinel.unwrap().nodes.len(), 2);
+    assert_eq!(r.tls.unwrap().ca_file.as_deref(), Some("/ca.pem"));
 }

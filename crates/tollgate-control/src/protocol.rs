@@ -15,7 +15,10 @@
 //! `[GatewayInfo]`, `POST /v1/gateways/{id}/revoke` → 204, `POST /v1/groups/{g}/configs` (body:
 //! YAML text) → [`PublishResponse`] or 422 [`ApiError`] listing every located error,
 //! `GET /v1/groups/{g}/configs` → `[ConfigVersion]`, `GET /v1/audit` → `[AuditEntry]`,
-//! `POST /v1/operator-tokens` [`CreateOperatorToken`] → [`TokenResponse`].
+//! `POST /v1/operator-tokens` [`CreateOperatorToken`] → [`TokenResponse`],
+//! `GET /v1/groups/{g}/rollout` → [`RolloutStatus`], `POST /v1/groups/{g}/rollout`
+//! [`StartRollout`] → 201 [`RolloutStatus`], `POST /v1/groups/{g}/rollout/promote` and
+//! `…/rollback` → [`RolloutStatus`].
 //!
 //! Every error response is an [`ApiError`] JSON body.
 
@@ -110,6 +113,10 @@ pub struct CreateOperatorToken {
     pub name: String,
     /// `admin` or `viewer` (read-only).
     pub role: String,
+    /// Viewer only: the token sees this group's gateways, versions, rollout, audit and usage
+    /// and nothing of any other group (403 on another group's resource; lists are filtered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// `POST /v1/groups/{g}/enrollment-tokens` and `POST /v1/operator-tokens` response.
@@ -141,6 +148,72 @@ pub struct GatewayInfo {
     /// Unix milliseconds of the first status report naming the group's assigned version; with
     /// [`ConfigVersion::created_at_ms`] it gives the publish-to-applied time.
     pub applied_at_ms: u64,
+    /// The version this gateway should serve: `group_version`, or the rollout's version while
+    /// it is a canary of a rollout in progress.
+    #[serde(default)]
+    pub assigned_version: u64,
+    /// Member of the canary set of the group's rollout in progress.
+    #[serde(default)]
+    pub canary: bool,
+    /// Not revoked and `applied_version` differs from `assigned_version` (in flight, failing,
+    /// or offline).
+    #[serde(default)]
+    pub drift: bool,
+}
+
+/// `POST /v1/groups/{g}/rollout` body (admin): start rolling `version` out to a canary set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRollout {
+    /// An already published version of the group, newer than the group's current version.
+    pub version: u64,
+    /// Share (0-100) of the candidate gateways that become canaries, chosen by a stable hash
+    /// of the gateway id. Default 100 (every candidate).
+    #[serde(default = "hundred")]
+    pub canary_percent: u8,
+    /// Candidates are the group's gateways carrying all these labels (empty: every gateway).
+    #[serde(default)]
+    pub canary_labels: BTreeMap<String, String>,
+}
+
+fn hundred() -> u8 {
+    100
+}
+
+/// A rollout of one group (`GET /v1/groups/{g}/rollout`, and the result of every action).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    pub group: String,
+    /// The version being rolled out.
+    pub version: u64,
+    /// The group's version when the rollout started (non-canaries keep serving it).
+    pub base_version: u64,
+    pub canary_percent: u8,
+    pub canary_labels: BTreeMap<String, String>,
+    /// `canary` (in progress), `promoted` or `rolled_back`.
+    pub state: String,
+    /// After a rollback: the new version carrying `base_version`'s configuration (gateways
+    /// refuse older versions, so going back means going forward with the old config).
+    pub rollback_version: Option<u64>,
+    pub started_by: String,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub updated_by: String,
+    /// Unix milliseconds.
+    pub updated_at_ms: u64,
+}
+
+/// `GET /v1/groups/{g}/rollout`: the group's version, its latest rollout and, per gateway,
+/// whether it is a canary and what it should serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub group: String,
+    /// What every gateway that is not a canary of a rollout in progress gets.
+    pub group_version: u64,
+    /// The latest rollout (in progress or finished), if any.
+    pub rollout: Option<Rollout>,
+    pub gateways: Vec<GatewayInfo>,
 }
 
 /// `POST /v1/groups/{g}/configs` response.
@@ -190,4 +263,29 @@ pub struct ApiError {
     /// (the same text `tollgate validate` prints).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+}
+
+/// `POST /v1/gateway/usage` body: one batch from the gateway's on-disk usage buffer. The
+/// control plane stores `(gateway id, seq)` in the same transaction as the rows, so a batch sent
+/// again (a retry, or a replay after a crash before the acknowledgement) is counted once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    /// Per-gateway sequence number, increasing, never reused (gaps are allowed).
+    pub seq: u64,
+    #[serde(default)]
+    pub rows: Vec<tollgate_proxy::usage::UsageRow>,
+    #[serde(default)]
+    pub events: Vec<tollgate_proxy::usage::EventRow>,
+    /// Limit keys in use at the end of the interval (quota usage against each limit).
+    #[serde(default)]
+    pub limits: Vec<tollgate_proxy::usage::LimitRow>,
+}
+
+/// `POST /v1/gateway/usage` 200 response: the batch is stored (now or before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAck {
+    pub seq: u64,
+    /// The batch had been stored already; nothing was added.
+    pub duplicate: bool,
 }

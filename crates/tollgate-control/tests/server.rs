@@ -853,9 +853,12 @@ async fn openapi_matches_the_server() {
     let (s, doc) = cp.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 11, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 22, "{:?}", paths.keys().collect::<Vec<_>>());
     for (path, ops) in paths {
-        let concrete = path.replace("{g}", "nogroup").replace("{id}", "noid");
+        let concrete = path
+            .replace("{g}", "nogroup")
+            .replace("{id}", "noid")
+            .replace("{v}", "1");
         for method in ops.as_object().unwrap().keys() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (s, v) = cp.call(m, &concrete, Some(&admin), Some("{}")).await;
@@ -888,10 +891,56 @@ async fn openapi_matches_the_server() {
         last_error: None,
         applied_at_ms: 0,
         group_version: 0,
+        assigned_version: 0,
+        canary: false,
+        drift: false,
     };
     assert_eq!(
         fields("GatewayInfo"),
         keys(serde_json::to_value(gw).unwrap())
+    );
+    let ro = Rollout {
+        id: 0,
+        group: String::new(),
+        version: 0,
+        base_version: 0,
+        canary_percent: 0,
+        canary_labels: Default::default(),
+        state: String::new(),
+        rollback_version: None,
+        started_by: String::new(),
+        started_at_ms: 0,
+        updated_by: String::new(),
+        updated_at_ms: 0,
+    };
+    assert_eq!(fields("Rollout"), keys(serde_json::to_value(&ro).unwrap()));
+    let rs = RolloutStatus {
+        group: String::new(),
+        group_version: 0,
+        rollout: Some(ro),
+        gateways: Vec::new(),
+    };
+    assert_eq!(
+        fields("RolloutStatus"),
+        keys(serde_json::to_value(rs).unwrap())
+    );
+    let sr = StartRollout {
+        version: 0,
+        canary_percent: 0,
+        canary_labels: Default::default(),
+    };
+    assert_eq!(
+        fields("StartRollout"),
+        keys(serde_json::to_value(sr).unwrap())
+    );
+    let ot = CreateOperatorToken {
+        name: String::new(),
+        role: String::new(),
+        group: Some(String::new()),
+    };
+    assert_eq!(
+        fields("CreateOperatorToken"),
+        keys(serde_json::to_value(ot).unwrap())
     );
     let g = Group {
         name: String::new(),

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     ConcurrencyLimited,
     LimitStoreUnavailable,
     CircuitOpen,
+    NoHealthyUpstream,
+    CorsNotAllowed,
     ProviderBackoff,
     CredentialUnavailable,
     DlpBlocked,
@@ -54,7 +56,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::BadRequest,
         Self::AmbiguousFraming,
         Self::HeadersTooLarge,
@@ -69,6 +71,8 @@ impl ErrorCode {
         Self::ConcurrencyLimited,
         Self::LimitStoreUnavailable,
         Self::CircuitOpen,
+        Self::NoHealthyUpstream,
+        Self::CorsNotAllowed,
         Self::ProviderBackoff,
         Self::CredentialUnavailable,
         Self::DlpBlocked,
@@ -101,6 +105,8 @@ impl ErrorCode {
             Self::ConcurrencyLimited => "concurrency_limited",
             Self::LimitStoreUnavailable => "limit_store_unavailable",
             Self::CircuitOpen => "circuit_open",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::CorsNotAllowed => "cors_not_allowed",
             Self::ProviderBackoff => "provider_backoff",
             Self::CredentialUnavailable => "credential_unavailable",
             Self::DlpBlocked => "dlp_blocked",
@@ -133,11 +139,15 @@ impl ErrorCode {
             | Self::EmergencyStop
             | Self::PortNotAllowed
             | Self::DestinationBlocked
-            | Self::DlpBlocked => 403,
+            | Self::DlpBlocked
+            | Self::CorsNotAllowed => 403,
             Self::RequestTooLarge => 413,
             Self::ResponseTooLarge => 502,
             Self::RateLimited | Self::ConcurrencyLimited | Self::ProviderBackoff => 429,
-            Self::CircuitOpen | Self::LimitStoreUnavailable | Self::CredentialUnavailable => 503,
+            Self::CircuitOpen
+            | Self::NoHealthyUpstream
+            | Self::LimitStoreUnavailable
+            | Self::CredentialUnavailable => 503,
             Self::RouteNotFound => 404,
             Self::DnsFailure
             | Self::UpstreamConnectFailed
@@ -166,6 +176,8 @@ impl ErrorCode {
             Self::ConcurrencyLimited => "Too many requests in flight",
             Self::LimitStoreUnavailable => "Shared rate-limit store unavailable",
             Self::CircuitOpen => "Circuit breaker open: the upstream keeps failing",
+            Self::NoHealthyUpstream => "No healthy target in the upstream group",
+            Self::CorsNotAllowed => "CORS preflight refused for this origin, method or headers",
             Self::ProviderBackoff => "The provider's own rate limit is exhausted",
             Self::CredentialUnavailable => "Credentials for the upstream could not be obtained",
             Self::DlpBlocked => "Sensitive data blocked by data-loss protection",
@@ -198,6 +210,7 @@ impl ErrorCode {
             | Self::RateLimited
             | Self::ConcurrencyLimited
             | Self::DlpBlocked
+            | Self::CorsNotAllowed
             | Self::RequestTooLarge
             | Self::ResponseTooLarge => Fault::Policy,
             Self::DnsFailure
@@ -206,6 +219,7 @@ impl ErrorCode {
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
             | Self::CircuitOpen
+            | Self::NoHealthyUpstream
             | Self::ProviderBackoff
             | Self::CredentialUnavailable => Fault::Upstream,
             Self::ShuttingDown | Self::Internal | Self::LimitStoreUnavailable => Fault::Gateway,
@@ -223,6 +237,7 @@ impl ErrorCode {
                 | Self::ShuttingDown
                 | Self::LimitStoreUnavailable
                 | Self::CircuitOpen
+                | Self::NoHealthyUpstream
                 | Self::ProviderBackoff
                 | Self::CredentialUnavailable
         )

@@ -22,6 +22,7 @@ pub use stage::credentials::{ApiCredentials, CredentialKey, OAuth2Spec};
 pub use stage::dlp;
 pub use stage::dlp::{BodyKind, DlpProfile, DlpRef, Finding, Oversize, Scan};
 pub use stage::headers::{CompiledOps, CompiledRules, HeaderVars};
+pub use stage::jwt::Jwks;
 pub use stage::limits::{
     LimitInfo, LimitOutcome, LimitPlan, LimitResult, LimitVerdict, PlannedLimit, ResponseCost,
 };

@@ -220,6 +220,19 @@ impl Policy {
         self.identify.strip_headers()
     }
 
+    /// The JWKS of every `auth.jwt` issuer, for the proxy's fetch task (docs/auth.md).
+    pub fn jwks(&self) -> impl Iterator<Item = &std::sync::Arc<crate::Jwks>> + '_ {
+        self.identify.jwks()
+    }
+
+    /// On a route request carrying a JWT whose `kid` its issuer's key set lacks: that set.
+    pub fn jwt_missing_key(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<&std::sync::Arc<crate::Jwks>> {
+        self.identify.jwt_missing_key(headers)
+    }
+
     /// API names in config order (for metrics pre-registration and the admin API).
     pub fn api_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.access.apis.iter().map(|a| &*a.name)
@@ -290,6 +303,8 @@ impl Policy {
         };
 
         // 1. identify
+        // An API key in the query string: removed from the target once resolved.
+        let mut key_via = None;
         let consumer = match caller {
             Caller::Given(c) => {
                 ctx.step("identify", Verdict::Continue, || {
@@ -301,6 +316,13 @@ impl Policy {
                 c
             }
             Caller::Found(identity) => {
+                if let Identity::Known {
+                    via: v @ Via::Query(_),
+                    ..
+                } = identity
+                {
+                    key_via = Some(v);
+                }
                 eval.strip_authorization = matches!(
                     identity,
                     Identity::Known {
@@ -345,7 +367,13 @@ impl Policy {
             .access
             .check(&mut ctx, req, consumer, &resolved, &state);
         let api_index = resolved.api;
-        eval.target = Some(resolved.target);
+        let mut target = resolved.target;
+        if let Some(via) = key_via
+            && let Some(pq) = self.identify.strip_query(via, &target.path_and_query)
+        {
+            target.path_and_query = pq;
+        }
+        eval.target = Some(target);
         let rule = match verdict {
             Ok(rule) => rule,
             Err(e) => return finish(eval, ctx, Some(e)),

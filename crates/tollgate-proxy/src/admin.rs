@@ -31,6 +31,7 @@ struct AdminState {
 
 /// Builds the admin router.
 pub fn router(gateway: Arc<Gateway>, reloader: Arc<Reloader>) -> Router {
+    let ui = crate::admin_ui::router(Arc::clone(&gateway), Arc::clone(&reloader));
     let state = AdminState { gateway, reloader };
     let protected = Router::new()
         .route("/metrics", get(metrics))
@@ -56,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>, reloader: Arc<Reloader>) -> Router {
         .merge(protected)
         .fallback(not_found)
         .with_state(state)
+        .merge(ui)
 }
 
 /// Serves the admin router until `shutdown` resolves.

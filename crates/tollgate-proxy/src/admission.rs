@@ -11,8 +11,15 @@
 //! 3. **charge** the local limits.
 //!
 //! Between 1 and 3 a concurrent request may take the last local unit; then step 3 refuses
-//! although step 2 has charged the global limits (Redis cannot refund). That race is one
-//! request wide and only over-counts the global limit, never admits beyond a limit.
+//! although step 2 has charged the global limits: those units are given back at once
+//! ([`refund`], one Redis script call).
+//!
+//! A request the rate limits admitted can still be refused by a later step (its API's
+//! concurrency limit). [`Admitted::charged`] records what admission charged and where, and the
+//! handler gives it back with [`refund`], so a request refused by one limit consumes none of the
+//! others. A refund goes to the same counters (the share group's, for a shared limit) and only
+//! within the window that was charged; a Redis refund that fails is logged and lost (the
+//! counter over-counts by that request until its window ends, never admits beyond a limit).
 //!
 //! When Redis does not answer (timeout, connection refused, script error) each global limit
 //! follows its `on_store_failure`: if any is `closed` the request is refused with 503
@@ -45,6 +52,57 @@ pub struct Admitted {
     /// (a `closed` limit whose store is unavailable).
     pub outcome: Option<LimitOutcome>,
     pub verdict: LimitVerdict,
+    /// What was charged, for [`refund`] when the request does not go ahead after all.
+    pub charged: Charged,
+}
+
+/// The limit requests admission charged, by store. Empty when nothing was charged (a refusal
+/// charges nothing).
+#[derive(Debug, Clone, Default)]
+pub struct Charged {
+    /// Charged to the in-process store: local limits, and global limits decided locally at
+    /// this instance's fair share while the shared store was unavailable.
+    pub local: Vec<LimitRequest>,
+    /// Charged in Redis.
+    pub global: Vec<LimitRequest>,
+}
+
+impl Charged {
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.global.is_empty()
+    }
+}
+
+/// Gives back what admission charged a request that then did not go ahead (see the module
+/// docs): the local part at once, the Redis part with one script call bounded by the store's
+/// timeout. A Redis failure is logged as a warning (those units stay charged).
+pub async fn refund(gw: &Gateway, charged: Charged) {
+    if charged.is_empty() {
+        return;
+    }
+    tracing::debug!(
+        limits.local = charged.local.len(),
+        limits.global = charged.global.len(),
+        "giving back the rate-limit units of a request that does not go ahead"
+    );
+    gw.limits.refund(&charged.local);
+    if charged.global.is_empty() {
+        return;
+    }
+    let store = gw.global.load_full();
+    match store {
+        Some(g) if g.is_degraded() => tracing::warn!(
+            "rate-limit units of a refused request not given back: the shared limit store is degraded"
+        ),
+        Some(g) => {
+            if let Err(e) = g.redis().refund(&charged.global).await {
+                tracing::warn!(error = %e, "rate-limit units of a refused request not given back: the shared limit store failed");
+            }
+        }
+        None => tracing::warn!(
+            "rate-limit units of a refused request not given back: no shared limit store"
+        ),
+    }
 }
 
 /// Charges `plan` and returns the verdict. Records the per-limit metrics.
@@ -54,10 +112,20 @@ pub async fn admit(gw: &Gateway, plan: &LimitPlan) -> Admitted {
         admit_mixed(&gw.limits, global.as_ref(), plan).await
     } else {
         let reqs: Vec<LimitRequest> = plan.limits.iter().map(|l| l.request.clone()).collect();
-        let o = plan.outcome(&gw.limits.check_all(&reqs));
+        let decisions = gw.limits.check_all(&reqs);
+        let charged = if decisions.iter().all(|d| d.allowed) {
+            Charged {
+                local: reqs,
+                global: Vec::new(),
+            }
+        } else {
+            Charged::default()
+        };
+        let o = plan.outcome(&decisions);
         Admitted {
             verdict: plan.verdict(&o),
             outcome: Some(o),
+            charged,
         }
     };
     if let Some(o) = &admitted.outcome {
@@ -88,17 +156,19 @@ async fn admit_mixed(
     global: Option<&Arc<GlobalStore>>,
     plan: &LimitPlan,
 ) -> Admitted {
+    let mut charged = Charged::default();
     let (globals, locals): (Vec<usize>, Vec<usize>) =
         (0..plan.limits.len()).partition(|&i| plan.limits[i].scope == LimitScope::Global);
     let req = |i: &usize| plan.limits[*i].request.clone();
     let local_reqs: Vec<LimitRequest> = locals.iter().map(req).collect();
     let global_reqs: Vec<LimitRequest> = globals.iter().map(req).collect();
     let mut decisions: Vec<Decision> = plan.limits.iter().map(|l| not_consulted(l.quota)).collect();
-    let finish = |decisions: Vec<Decision>| {
+    let finish = |decisions: Vec<Decision>, charged: Charged| {
         let o = plan.outcome(&decisions);
         Admitted {
             verdict: plan.verdict(&o),
             outcome: Some(o),
+            charged,
         }
     };
 
@@ -110,7 +180,7 @@ async fn admit_mixed(
             for (i, d) in locals.iter().zip(peek) {
                 decisions[*i] = d;
             }
-            return finish(decisions);
+            return finish(decisions, charged);
         }
     }
 
@@ -144,7 +214,7 @@ async fn admit_mixed(
                         };
                     }
                 }
-                return finish(decisions);
+                return finish(decisions, charged);
             }
             // 3. Charge the local limits.
             if !local_reqs.is_empty() {
@@ -157,9 +227,18 @@ async fn admit_mixed(
                     for i in &globals {
                         decisions[*i].allowed = false;
                     }
+                    // Lost the race for the last local unit: give the global charge back.
+                    if let Some(g) = global
+                        && let Err(e) = g.redis().refund(&global_reqs).await
+                    {
+                        tracing::warn!(error = %e, "global rate-limit units of a refused request not given back: the shared limit store failed");
+                    }
+                    return finish(decisions, charged);
                 }
+                charged.local = local_reqs;
             }
-            finish(decisions)
+            charged.global = global_reqs;
+            finish(decisions, charged)
         }
         Err(_) => {
             if let Some(l) = globals
@@ -181,6 +260,7 @@ async fn admit_mixed(
                     } else {
                         LimitVerdict::Refused(err)
                     },
+                    charged,
                 };
             }
             // Fail open: every limit in one local decision, globals at the fair share.
@@ -193,7 +273,11 @@ async fn admit_mixed(
                     LimitScope::Global => crate::limit_store::fair_share(&l.request, share),
                 })
                 .collect();
-            finish(local.check_all(&reqs))
+            let got = local.check_all(&reqs);
+            if got.iter().all(|d| d.allowed) {
+                charged.local = reqs;
+            }
+            finish(got, charged)
         }
     }
 }

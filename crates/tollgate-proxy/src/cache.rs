@@ -17,6 +17,9 @@
 //! memory) or `tollgate; hit; detail=stale` (served stale). Hits carry `Age`.
 //! The cache never refuses a request; gateway errors carry no `Cache-Status`.
 //!
+//! Range requests: a stored full `200` answers `Range: bytes=…` with 206 or 416
+//! (cache_range.rs); an upstream's `206` is passed through and never stored.
+//!
 //! Isolation: the consumer is part of the key unless `shared_across_consumers`;
 //! `private`, `no-store` and responses to requests with the caller's own
 //! `Authorization` (unless `public` / `s-maxage` / `must-revalidate`) are never
@@ -216,6 +219,10 @@ pub struct Lookup<'a> {
     pub headers: &'a HeaderMap,
     /// The route caller's Tollgate key travels in `Authorization` and is removed.
     pub strip_authorization: bool,
+    /// The API has several credential keys (the default key then has `credential`).
+    pub several_keys: bool,
+    /// The credential key the request would use (for the `credential` key part).
+    pub credential: Option<Arc<str>>,
 }
 
 /// The outcome of a lookup.
@@ -259,6 +266,9 @@ pub struct Plan {
     client_conditional: bool,
     /// `shared_across_consumers`: responses setting cookies are then not stored.
     shared: bool,
+    /// The credential key this plan's key was built with (`credential` key part); the
+    /// forward prefers it, and nothing is stored when another key was used.
+    credential: Option<Arc<str>>,
 }
 
 impl Store {
@@ -281,7 +291,14 @@ impl Store {
             client_conditional: l.headers.contains_key(IF_NONE_MATCH)
                 || l.headers.contains_key(IF_MODIFIED_SINCE),
             shared: l.cfg.shared_across_consumers,
+            credential: None,
         };
+        if l.cfg
+            .key_parts(l.several_keys)
+            .contains(&CacheKeyPart::Credential)
+        {
+            plan.credential = l.credential.clone();
+        }
         let request_no_store = directives(l.headers.get_all(CACHE_CONTROL))
             .iter()
             .any(|(k, _)| k == "no-store");
@@ -297,6 +314,7 @@ impl Store {
                 match e.policy.before_request(&plan.req, now) {
                     BeforeRequest::Fresh(_) => {
                         return Begin::Hit(Hit::from_entry(
+                            &plan.req,
                             &e,
                             e.served(now),
                             "tollgate; hit",
@@ -321,11 +339,17 @@ impl Store {
                 if let Some(flight) = self.lead(&plan.key) {
                     plan.flight = Some(flight);
                     plan.stale = stale.clone();
-                    let hit =
-                        Hit::from_entry(e, e.served(now), "tollgate; hit; detail=stale", "stale");
+                    let hit = Hit::from_entry(
+                        &plan.req,
+                        e,
+                        e.served(now),
+                        "tollgate; hit; detail=stale",
+                        "stale",
+                    );
                     return Begin::Refresh(hit, Box::new(plan));
                 }
                 return Begin::Hit(Hit::from_entry(
+                    &plan.req,
                     e,
                     e.served(now),
                     "tollgate; hit; detail=stale",
@@ -379,11 +403,15 @@ fn key(l: &Lookup<'_>) -> String {
     };
     push(l.api);
     let mut consumer = !l.cfg.shared_across_consumers;
-    for part in &l.cfg.key {
+    for part in l.cfg.key_parts(l.several_keys) {
         match part {
             CacheKeyPart::Method => push(l.method.as_str()),
             CacheKeyPart::Url => push(&l.url),
             CacheKeyPart::Consumer => consumer = true,
+            CacheKeyPart::Credential => {
+                push("credential");
+                push(l.credential.as_deref().unwrap_or(""));
+            }
             CacheKeyPart::Headers(names) => {
                 for n in names {
                     push(n);
@@ -403,7 +431,10 @@ fn key(l: &Lookup<'_>) -> String {
 }
 
 impl Hit {
+    /// The stored response `e` as the answer to `req`: a `Range` request gets its part
+    /// (206) or 416 (cache_range.rs).
     fn from_entry(
+        req: &http::request::Parts,
         e: &Entry,
         mut parts: http::response::Parts,
         status: &'static str,
@@ -412,10 +443,17 @@ impl Hit {
         if e.synthetic {
             parts.headers.remove(CACHE_CONTROL);
         }
-        parts.status = e.status;
+        let (code, body) = crate::cache_range::apply(
+            &req.method,
+            &req.headers,
+            e.status,
+            &mut parts.headers,
+            e.body.clone(),
+        );
+        parts.status = code;
         Hit {
             parts,
-            body: e.body.clone(),
+            body,
             status,
             result,
         }
@@ -474,6 +512,22 @@ pub enum After {
 }
 
 impl Plan {
+    /// The credential key the cache key was built with, for the forward to prefer.
+    pub fn credential(&self) -> Option<&str> {
+        self.credential.as_deref()
+    }
+
+    /// The key the forward actually injected: when it is not the one the cache key was built
+    /// with (that key was in back-off or at its limit), the response is not stored.
+    pub fn credential_used(&mut self, used: Option<&str>) {
+        if self.credential.is_some() && self.credential.as_deref() != used {
+            self.bypass = true;
+            self.flight = None;
+            // Not revalidated either: a 304 would answer for another key's response.
+            self.stale = None;
+        }
+    }
+
     /// Adds the stored response's validators to the upstream request when it is
     /// being revalidated (unless the client sent its own).
     pub fn add_validators(&self, headers: &mut HeaderMap) {
@@ -495,8 +549,15 @@ impl Plan {
     pub fn on_error(&self) -> Option<Hit> {
         let now = SystemTime::now();
         let e = self.stale.as_ref()?;
-        e.stale_within(e.stale_if_error, now)
-            .then(|| Hit::from_entry(e, e.served(now), "tollgate; hit; detail=stale", "stale"))
+        e.stale_within(e.stale_if_error, now).then(|| {
+            Hit::from_entry(
+                &self.req,
+                e,
+                e.served(now),
+                "tollgate; hit; detail=stale",
+                "stale",
+            )
+        })
     }
 
     /// Decides on the upstream's response (headers after hop-by-hop removal and
@@ -534,6 +595,7 @@ impl Plan {
                     .insert(&self.key, &self.api, &self.url, entry.clone());
                 if !self.client_conditional {
                     return After::Serve(Hit::from_entry(
+                        &self.req,
                         &entry,
                         served,
                         "tollgate; fwd=stale; fwd-status=304",
@@ -584,7 +646,9 @@ impl Plan {
             entry_probe.policy.time_to_live(now) > Duration::ZERO || entry_probe.has_validators();
         // A cookie set for one consumer must not reach another.
         let cookie = self.shared && parts.headers.contains_key(http::header::SET_COOKIE);
+        // A partial response is never stored as if it were the whole one.
         let storable = entry_probe.policy.is_storable()
+            && parts.status != StatusCode::PARTIAL_CONTENT
             && worth
             && !cookie
             && !vary_star
@@ -725,6 +789,13 @@ pub async fn lookup(
         authority,
         target.path_and_query
     );
+    let creds = active.policy.credentials(api);
+    let several_keys = creds.is_some_and(|c| c.keys().len() > 1);
+    // Only looked up when the key has `credential` (the default with several keys).
+    let creds = creds.filter(|_| {
+        cfg.key_parts(several_keys)
+            .contains(&CacheKeyPart::Credential)
+    });
     let l = Lookup {
         api,
         cfg,
@@ -734,6 +805,8 @@ pub async fn lookup(
         authority: &authority,
         headers: &parts.headers,
         strip_authorization: eval.strip_authorization,
+        several_keys,
+        credential: creds.map(|c| c.peek().name.clone()),
     };
     Some(gw.cache.begin(l).await)
 }
@@ -763,6 +836,7 @@ pub fn detached(d: &Completion) -> Completion {
         upstream_addr: None,
         attempts: 0,
         credential: None,
+        trace: None,
         concurrency: None,
         dlp: None,
         provider_limits: None,

@@ -7,6 +7,16 @@ fn cfg(yaml: &str) -> ApiCache {
 }
 
 fn lookup_key(c: &ApiCache, consumer: Option<&str>, headers: &HeaderMap) -> String {
+    lookup_key_with(c, consumer, headers, false, None)
+}
+
+fn lookup_key_with(
+    c: &ApiCache,
+    consumer: Option<&str>,
+    headers: &HeaderMap,
+    several_keys: bool,
+    credential: Option<&str>,
+) -> String {
     let api: Arc<str> = "a".into();
     let l = Lookup {
         api: &api,
@@ -17,6 +27,8 @@ fn lookup_key(c: &ApiCache, consumer: Option<&str>, headers: &HeaderMap) -> Stri
         authority: "a.example.com",
         headers,
         strip_authorization: false,
+        several_keys,
+        credential: credential.map(Arc::from),
     };
     key(&l)
 }
@@ -69,4 +81,34 @@ fn configured_headers_split_the_key_and_absent_differs_from_empty() {
     assert_ne!(keys[0], keys[1]);
     assert_ne!(keys[1], keys[2]);
     assert_ne!(keys[0], keys[2]);
+}
+
+#[test]
+fn the_credential_part_splits_by_key_and_is_default_with_several_keys() {
+    let h = HeaderMap::new();
+    // Shared across consumers, default key: with several keys the key name splits it.
+    let c = cfg("{ shared_across_consumers: true }");
+    assert_ne!(
+        lookup_key_with(&c, Some("alice"), &h, true, Some("one")),
+        lookup_key_with(&c, Some("bob"), &h, true, Some("two"))
+    );
+    assert_eq!(
+        lookup_key_with(&c, Some("alice"), &h, true, Some("one")),
+        lookup_key_with(&c, Some("bob"), &h, true, Some("one"))
+    );
+    // One credential: nothing to split by, the consumers share.
+    assert_eq!(
+        lookup_key_with(&c, Some("alice"), &h, false, Some("default")),
+        lookup_key_with(&c, Some("bob"), &h, false, Some("default"))
+    );
+    // Explicit `credential` with one key, and a `header:` part.
+    let c = cfg(
+        "{ key: [method, url, credential, \"header:X-Tenant\"], shared_across_consumers: true }",
+    );
+    let mut t = HeaderMap::new();
+    t.insert("x-tenant", HeaderValue::from_static("t1"));
+    assert_ne!(
+        lookup_key_with(&c, None, &t, false, Some("default")),
+        lookup_key_with(&c, None, &h, false, Some("default"))
+    );
 }

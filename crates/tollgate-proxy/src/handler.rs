@@ -139,12 +139,28 @@ pub async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // CORS (cors.rs): every response to an allowed origin of a route API with `cors`,
+    // gateway-generated ones included, carries the Access-Control-* fields.
+    let mut cors = None;
+    let mut resp = handle_request(ctx, req, &mut cors).await?;
+    if let Some(c) = cors {
+        c.apply(resp.headers_mut());
+    }
+    Ok(resp)
+}
+
+async fn handle_request(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+    cors_out: &mut Option<crate::cors::Decision>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     // Consumed for every request, in order, to stay aligned with the sniffer.
     let ambiguous = ctx.framing.next_is_ambiguous();
     let active = ctx.gateway.active.load_full();
     let (mut parts, body) = req.into_parts();
     let request_id = request_id::request_id(&parts.headers, &X_REQUEST_ID);
+    let trace = crate::spans::begin(&ctx.gateway, &mut parts.headers);
     let http1 = parts.version < Version::HTTP_2;
 
     let tunnel_check = match &ctx.tunnel {
@@ -184,6 +200,7 @@ pub async fn handle(
         dlp: None,
         provider_limits: None,
         cache: None,
+        trace,
     };
     if kind == TrafficKind::Connect {
         done.path.clear();
@@ -217,6 +234,15 @@ pub async fn handle(
     if let Err(e) = hop::check_request_framing(&parts.headers) {
         return Ok(deny(done, &e));
     }
+    if kind == TrafficKind::Route
+        && let Some(c) = active.cors.lookup(parts.uri.path(), &parts.headers)
+    {
+        // A preflight is answered here, before identification (it carries no credentials).
+        if c.is_preflight(&parts.method, &parts.headers) {
+            return Ok(c.preflight(done, &parts.headers));
+        }
+        *cors_out = Some(c);
+    }
 
     let info = RequestInfo {
         kind: dest.kind,
@@ -230,22 +256,32 @@ pub async fn handle(
         peer: ctx.peer.ip(),
         client_cert: ctx.client_cert.as_deref(),
     };
+    if kind == TrafficKind::Route {
+        // A JWT signed with a key not fetched yet: a bounded wait for the JWKS refetch.
+        crate::jwks::await_unknown_kid(&active.policy, &parts.headers).await;
+    }
     let mut eval = active.policy.evaluate(&info, &ctx.gateway.switches, false);
     // Response cache (cache.rs): after access and policy, before the breaker, back-off and
     // admission, so a hit consumes no rate-limit quota and never reaches the upstream.
     let mut cache = None;
     if kind != TrafficKind::Connect && matches!(eval.outcome, Outcome::Allow) {
         let head = parts.method == Method::HEAD;
+        let span_start = crate::spans::start(&done);
         match crate::cache::lookup(&ctx.gateway, &active, &eval, &parts).await {
             None => {}
-            Some(crate::cache::Begin::Forward(p)) => cache = Some(p),
+            Some(crate::cache::Begin::Forward(p)) => {
+                crate::spans::cache_lookup(&done, eval.api.as_deref(), span_start, "miss");
+                cache = Some(p);
+            }
             Some(crate::cache::Begin::Hit(hit)) => {
+                crate::spans::cache_lookup(&done, eval.api.as_deref(), span_start, "hit");
                 done.consumer = eval.consumer.clone();
                 done.api = eval.api.clone();
                 done.decision = eval.decision();
                 return Ok(crate::cache::serve(done, hit, head));
             }
             Some(crate::cache::Begin::Refresh(hit, p)) => {
+                crate::spans::cache_lookup(&done, eval.api.as_deref(), span_start, "refresh");
                 done.consumer = eval.consumer.clone();
                 done.api = eval.api.clone();
                 done.decision = eval.decision();
@@ -260,6 +296,7 @@ pub async fn handle(
                         permit: None,
                         cache: Some(p),
                         meter: None,
+                        charged: None,
                     };
                     let refresh = crate::cache::detached(&done);
                     let run = (
@@ -286,7 +323,7 @@ pub async fn handle(
         && let Some(r) = ctx.gateway.resilience.get(api, &active.policy)
     {
         let global = ctx.gateway.global.load();
-        match r.admit(global.as_ref()) {
+        match r.admit(global.as_ref(), &active.policy) {
             Ok(p) => permit = p,
             Err(refusal) if r.report => eval.reported.push(refusal.error),
             Err(refusal) => {
@@ -301,12 +338,20 @@ pub async fn handle(
     // where they queue; then a concurrency slot, so a request waiting for quota holds no slot.
     let mut limits = None;
     let mut meter = None;
+    let mut charged = None;
     if let (Outcome::Allow, Some(plan)) = (&eval.outcome, eval.limit_plan.take()) {
         let consumer = eval.consumer.as_deref().unwrap_or("");
-        let admitted =
-            crate::waiting::admit_or_wait(&ctx.gateway, active.policy.config(), &plan, consumer)
-                .await;
+        let span = done.trace.as_ref().map(|t| t.child());
+        let admitted = crate::waiting::admit_or_wait(
+            &ctx.gateway,
+            active.policy.config(),
+            &plan,
+            consumer,
+            span.as_ref(),
+        )
+        .await;
         limits = admitted.outcome;
+        charged = Some(admitted.charged);
         if !matches!(admitted.verdict, LimitVerdict::Refused(_)) {
             // Limits whose cost is read from the response are charged when it ends (cost.rs).
             meter = crate::cost::Meter::for_plan(&ctx.gateway, &plan);
@@ -326,10 +371,16 @@ pub async fn handle(
     {
         let consumer = eval.consumer.as_deref().unwrap_or("");
         let cfg = active.policy.config();
-        match crate::waiting::acquire_slot(&ctx.gateway, cfg, api, consumer).await {
+        let span = done.trace.as_ref().map(|t| t.child());
+        match crate::waiting::acquire_slot(&ctx.gateway, cfg, api, consumer, span.as_ref()).await {
             Ok(slot) => done.concurrency = slot,
             Err(r) if r.report => eval.reported.push(r.error),
             Err(r) => {
+                // Admitted by the rate limits but not going ahead: give back what they
+                // charged, so a request refused by one limit consumes none of the others.
+                if let Some(c) = charged.take() {
+                    crate::admission::refund(&ctx.gateway, c).await;
+                }
                 done.consumer = eval.consumer.clone();
                 done.api = eval.api.clone();
                 let mut resp = deny(done, &r.error);
@@ -385,6 +436,7 @@ pub async fn handle(
         permit,
         cache,
         meter,
+        charged,
     };
     Ok(forward(&ctx.gateway, &active, parts, body, dest, http1, done).await)
 }
@@ -466,6 +518,9 @@ struct Forwarding {
     cache: Option<Box<crate::cache::Plan>>,
     /// Response-based limit costs, charged when the response body ends (cost.rs).
     meter: Option<Box<crate::cost::Meter>>,
+    /// What the API's rate limits charged, given back if a credential key's own limits
+    /// refuse the request (admission.rs `refund`).
+    charged: Option<crate::admission::Charged>,
 }
 
 async fn forward(
@@ -483,8 +538,9 @@ async fn forward(
         limits,
         resilience,
         permit,
-        cache,
+        mut cache,
         meter,
+        charged,
     } = dest;
     let authority = authority(&target);
     let uri = format!(
@@ -514,10 +570,22 @@ async fn forward(
     // Header rules, then credentials, last: nothing after them changes what
     // they set (docs/stages/header-rules.md has the order).
     let mut uri = uri;
+    let prefer = cache.as_ref().and_then(|p| p.credential());
     if let Err(e) =
-        crate::outbound::prepare_request(gw, active, &mut done, &mut headers, &mut uri).await
+        crate::outbound::prepare_request(gw, active, &mut done, &mut headers, &mut uri, prefer)
+            .await
     {
-        return deny(done, &e);
+        // Every credential key is at its own limit: the API's limits give back what they
+        // charged, so a request refused by one limit consumes none of the others.
+        if e.limits.is_some()
+            && let Some(c) = charged
+        {
+            crate::admission::refund(gw, c).await;
+        }
+        return crate::outbound::refuse(done, e);
+    }
+    if let Some(p) = cache.as_mut() {
+        p.credential_used(done.credential.as_deref());
     }
 
     let stats = Arc::new(BodyStats::default());
@@ -552,10 +620,21 @@ async fn forward(
         p.add_validators(&mut headers);
     }
     // The upstream send, with retries when the API has them (retry.rs).
+    if let Some(t) = done.trace.as_mut() {
+        t.set_upstream(&target.host, target.port);
+    }
+    // An upstream group picks the target per attempt (balance.rs).
+    let group = api
+        .as_deref()
+        .filter(|_| done.kind == TrafficKind::Route)
+        .and_then(|a| active.groups.get(a))
+        .map(|g| crate::balance::Pick::new(g.clone(), consumer.as_deref(), &headers));
     let out = crate::retry::Outgoing {
         method: parts.method,
         uri,
         headers,
+        trace: done.trace.as_ref().map(|t| t.child()),
+        group,
     };
     let exchange = crate::retry::send(
         gw,

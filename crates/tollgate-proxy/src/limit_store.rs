@@ -7,7 +7,9 @@
 //! `on_store_failure`. A background task beats every [`BEAT`] (every [`PROBE`] while degraded):
 //! it announces this instance in Redis (see `tollgate_state::RedisStore::heartbeat`), learns how
 //! many instances are alive, and the first successful beat ends degraded mode (one `info` log
-//! line, gauge back to 0). Recovery needs no restart.
+//! line, gauge back to 0). Recovery needs no restart. With Sentinel, every beat also asks the
+//! sentinels for the current master (in the background), so a failover is followed within a
+//! beat, or a probe or two, of the promotion.
 //!
 //! Fair share: while degraded, a global limit is enforced locally at `limit / instances` (at
 //! least 1), where `instances` is the last count seen from Redis (1 if Redis was never reached).
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tollgate_config::RedisState;
 use tollgate_policy::{Decision, LimitRequest};
+use tollgate_state::redis::{TlsPem, Topology};
 use tollgate_state::{LimitSpec, RedisConfig, RedisStore, StoreError};
 use tollgate_telemetry::Metrics;
 
@@ -50,30 +53,163 @@ impl std::fmt::Debug for GlobalStore {
     }
 }
 
+/// A `state.redis` setting that cannot be used: the key it belongs to and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettingError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for RedisSettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+fn setting(key: &'static str, message: impl Into<String>) -> RedisSettingError {
+    RedisSettingError {
+        key,
+        message: message.into(),
+    }
+}
+
 /// Checks that a Redis URL is one this build can use (without connecting).
 pub fn check_url(url: &str) -> Result<(), String> {
     let lower = url.trim().to_ascii_lowercase();
-    if lower.starts_with("redis://")
-        || lower.starts_with("redis+unix://")
-        || lower.starts_with("unix://")
+    if ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
     {
         Ok(())
-    } else if lower.starts_with("rediss://") {
-        Err("rediss:// (TLS) is not supported yet; use redis:// on a trusted network".into())
     } else {
-        Err("expected a redis:// URL (Sentinel and Cluster are not supported yet)".into())
+        Err(
+            "expected a redis:// or rediss:// (TLS) URL; for Sentinel or Cluster use \
+             state.redis.sentinel or state.redis.cluster"
+                .into(),
+        )
     }
+}
+
+/// Reads a PEM file and checks it holds what `what` needs (certificates or a private key), so
+/// a wrong path or file is a config error rather than a failure at the first connection.
+fn read_pem(
+    key: &'static str,
+    path: &str,
+    private_key: bool,
+) -> Result<Vec<u8>, RedisSettingError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bytes =
+        std::fs::read(path).map_err(|e| setting(key, format!("cannot read {path}: {e}")))?;
+    if private_key {
+        PrivateKeyDer::from_pem_slice(&bytes)
+            .map_err(|_| setting(key, format!("{path} holds no PEM private key")))?;
+    } else {
+        let n = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| setting(key, format!("{path} is not valid PEM")))?
+            .len();
+        if n == 0 {
+            return Err(setting(key, format!("{path} holds no PEM certificate")));
+        }
+    }
+    Ok(bytes)
+}
+
+/// The store's connection settings from `state.redis`: secrets resolved, TLS files read and
+/// checked. Connects to nothing, so `validate` and reloads use it too.
+pub fn redis_config(config: &RedisState) -> Result<RedisConfig, RedisSettingError> {
+    let resolve = |key: &'static str, r: &Option<tollgate_config::SecretRef>| {
+        r.as_ref()
+            .map(|s| s.resolve().map(|v| v.expose().to_owned()))
+            .transpose()
+            .map_err(|e| setting(key, e.to_string()))
+    };
+    let topology = match (&config.url, &config.sentinel, &config.cluster) {
+        (Some(url), None, None) => {
+            let url = url
+                .resolve()
+                .map_err(|e| setting("state.redis.url", e.to_string()))?;
+            check_url(url.expose()).map_err(|m| setting("state.redis.url", m))?;
+            if config.tls.is_some()
+                && !url
+                    .expose()
+                    .trim()
+                    .to_ascii_lowercase()
+                    .starts_with("rediss://")
+            {
+                return Err(setting(
+                    "state.redis.tls",
+                    "TLS settings need a rediss:// url",
+                ));
+            }
+            Topology::Single {
+                url: url.expose().to_owned(),
+            }
+        }
+        (None, Some(s), None) => Topology::Sentinel {
+            master: s.master.clone(),
+            nodes: s.nodes.clone(),
+            username: resolve("state.redis.sentinel.username", &s.username)?,
+            password: resolve("state.redis.sentinel.password", &s.password)?,
+        },
+        (None, None, Some(c)) => Topology::Cluster {
+            nodes: c.nodes.clone(),
+        },
+        _ => {
+            return Err(setting(
+                "state.redis",
+                "set exactly one of url, sentinel or cluster",
+            ));
+        }
+    };
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => Some(TlsPem {
+            ca: t
+                .ca_file
+                .as_deref()
+                .map(|p| read_pem("state.redis.tls.ca_file", p, false))
+                .transpose()?,
+            client_cert: t
+                .cert_file
+                .as_deref()
+                .map(|p| read_pem("state.redis.tls.cert_file", p, false))
+                .transpose()?,
+            client_key: t
+                .key_file
+                .as_deref()
+                .map(|p| read_pem("state.redis.tls.key_file", p, true))
+                .transpose()?,
+        }),
+    };
+    let mut rc = RedisConfig::with_topology(topology);
+    rc.tls = tls;
+    rc.username = resolve("state.redis.username", &config.username)?;
+    rc.password = resolve("state.redis.password", &config.password)?;
+    rc.timeout = config.timeout.get();
+    rc.prefix = config.prefix.clone();
+    Ok(rc)
+}
+
+/// Checks `state.redis` fully without connecting (addresses parsed, TLS material usable).
+pub fn check_config(config: &RedisState) -> Result<(), RedisSettingError> {
+    let rc = redis_config(config)?;
+    // Building the connection parses addresses and TLS material; it connects to nothing.
+    // Needs no runtime for that, but the sentinel and cluster variants are built the same way.
+    let key = match rc.topology {
+        Topology::Single { .. } => "state.redis.url",
+        Topology::Sentinel { .. } => "state.redis.sentinel",
+        Topology::Cluster { .. } => "state.redis.cluster",
+    };
+    tollgate_state::RedisStore::check(rc).map_err(|e| setting(key, e.to_string()))
 }
 
 impl GlobalStore {
     /// Creates the store (no connection yet: the gateway starts while Redis is down) and spawns
     /// its heartbeat task. Must run inside a tokio runtime.
     pub fn start(config: &RedisState, metrics: Arc<Metrics>) -> Result<Arc<GlobalStore>, String> {
-        let url = config.url.resolve().map_err(|e| e.to_string())?;
-        check_url(url.expose())?;
-        let mut rc = RedisConfig::new(url.expose());
-        rc.timeout = config.timeout.get();
-        rc.prefix = config.prefix.clone();
+        let rc = redis_config(config).map_err(|e| e.to_string())?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err("the shared limit store needs a running async runtime".into());
         }
@@ -215,6 +351,8 @@ impl GlobalStore {
 }
 
 async fn heartbeat(store: std::sync::Weak<GlobalStore>) {
+    // Why the store was last unreachable, so each new cause is logged once.
+    let mut cause: Option<String> = None;
     loop {
         let Some(s) = store.upgrade() else { return };
         let beat = s
@@ -223,10 +361,28 @@ async fn heartbeat(store: std::sync::Weak<GlobalStore>) {
         let wait = match beat {
             Ok(n) => {
                 s.recovered(n);
+                cause = None;
+                // Sentinel: a failover can promote a replica while the old master still
+                // answers (until the sentinels demote it); asking on every beat keeps the
+                // time this gateway writes to a superseded master short.
+                s.redis.refresh_topology();
                 BEAT
             }
             Err(e) => {
                 s.failed(&e);
+                // Sentinel: the master may have moved; ask the sentinels again.
+                s.redis.refresh_topology();
+                // Callers only see timeouts while the connection retries in the background;
+                // a fresh attempt says why (refused, untrusted certificate, wrong password…).
+                if let Err(why) = s.redis.diagnose().await
+                    && cause.as_deref() != Some(why.as_str())
+                {
+                    tracing::warn!(
+                        error = %why,
+                        "shared limit store: cannot connect"
+                    );
+                    cause = Some(why);
+                }
                 PROBE
             }
         };
@@ -337,9 +493,13 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_redis_urls_are_accepted() {
+    fn redis_and_rediss_urls_are_accepted() {
         assert!(check_url("redis://:pw@127.0.0.1:6379/0").is_ok());
-        assert!(check_url("rediss://h:6380").unwrap_err().contains("TLS"));
-        assert!(check_url("redis-sentinel://h").is_err());
+        assert!(check_url("rediss://h:6380").is_ok());
+        assert!(
+            check_url("redis-sentinel://h")
+                .unwrap_err()
+                .contains("sentinel")
+        );
     }
 }

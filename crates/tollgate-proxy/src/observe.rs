@@ -58,12 +58,15 @@ pub struct Completion {
     /// Response cache result (`hit`, `miss`, `stale`, `revalidated`, `bypass`) for an API
     /// with `cache`; see cache.rs.
     pub cache: Option<&'static str>,
+    /// The request's OpenTelemetry span when tracing is on and the request is sampled
+    /// (spans.rs); ended with the log line.
+    pub trace: Option<Box<tollgate_trace::RequestSpan>>,
 }
 
 impl Completion {
     /// Writes the access-log line and the metrics. `complete` is false when the
     /// response body was cut short (client went away, upstream failed mid-body).
-    pub fn finish(self, bytes_out: u64, complete: bool) {
+    pub fn finish(mut self, bytes_out: u64, complete: bool) {
         let bytes_in = match &self.bytes_in {
             BytesIn::Fixed(n) => *n,
             BytesIn::Streamed(s) => s.bytes(),
@@ -74,6 +77,7 @@ impl Completion {
             (None, false) => Some("response_incomplete"),
             (None, true) => None,
         };
+        crate::spans::finish(&mut self, reason);
         let gw = &self.gateway;
         if let Some(r) = reason {
             gw.metrics
@@ -90,6 +94,25 @@ impl Completion {
             bytes_in,
             bytes_out,
         });
+        if let Some(usage) = gw.usage.load().as_ref() {
+            usage.record(&crate::usage::Sample {
+                time: self.time,
+                api: self.api.as_ref(),
+                consumer: self.consumer.as_ref(),
+                method: self.method.as_str(),
+                path: &self.path,
+                tunnel: self.kind == TrafficKind::Connect,
+                status: self.status,
+                decision: self.decision,
+                reason,
+                complete,
+                duration: total,
+                bytes_in,
+                bytes_out,
+                upstream: self.upstream_addr.is_some(),
+                dlp: self.dlp.as_deref(),
+            });
+        }
         gw.discovery.record(
             &self.active.policy.config().discovery,
             &crate::discovery::Seen {

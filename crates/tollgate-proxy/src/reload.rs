@@ -202,7 +202,13 @@ impl Reloader {
         match result {
             Ok(active) => {
                 self.gateway.active.store(Arc::new(active));
+                self.gateway
+                    .active
+                    .load()
+                    .groups
+                    .start(&self.gateway.metrics);
                 self.gateway.sync_state();
+                self.gateway.sync_tracer();
                 self.gateway.metrics.config_applied(version);
                 self.status.rcu(|s| ReloadStatus {
                     version,

@@ -20,7 +20,10 @@
 //! **Per credential key.** When the API has several `credentials.keys`, a back-off signal
 //! parks only the key that got it (left out of rotation until the reset, see
 //! `Policy::skip_key`); the API-wide back-off starts only once every key is parked, and lasts
-//! until the first of them is free again.
+//! until the first of them is free again. Key back-offs are shared the same way, through the
+//! same code path: `<prefix>:{<api>}:backoff:<key name>`, written when learnt and re-read by the
+//! same refresher (one script call for the API's and all its keys' back-offs); a key parked by
+//! another replica is left out of this replica's rotation from its next request on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +55,11 @@ struct Shared {
     /// When a request last asked (ms on the back-off's clock).
     used_ms: AtomicU64,
     backoff: Arc<ProviderBackoff>,
+    /// Each credential key's back-off (APIs with several keys), shared like the API's.
+    keys: Vec<(Arc<str>, Arc<ProviderBackoff>)>,
+    /// The refresher extended a key's back-off; the next request parks it in the policy's key
+    /// rotation (the refresher has no policy at hand).
+    keys_changed: AtomicBool,
     api: Arc<str>,
     cap: Duration,
 }
@@ -59,7 +67,7 @@ struct Shared {
 /// One credential key's back-off.
 pub struct KeyBackoff {
     pub name: Arc<str>,
-    pub backoff: ProviderBackoff,
+    pub backoff: Arc<ProviderBackoff>,
 }
 
 /// One API's failure-handling settings and state.
@@ -110,14 +118,6 @@ impl ApiResilience {
                 .unwrap_or_else(|| Arc::new(Budget::new(cfg)))
         });
         let backoff = prev.map_or_else(|| Arc::new(ProviderBackoff::new()), |p| p.backoff.clone());
-        let shared = Arc::new(Shared {
-            store: ArcSwapOption::empty(),
-            started: AtomicBool::new(false),
-            used_ms: AtomicU64::new(0),
-            backoff: backoff.clone(),
-            api: name.clone(),
-            cap: api.provider_backoff.cap.get(),
-        });
         let names: Vec<&str> = api
             .credentials
             .as_ref()
@@ -133,13 +133,27 @@ impl ApiResilience {
                     }
                     KeyBackoff {
                         name: Arc::from(*n),
-                        backoff,
+                        backoff: Arc::new(backoff),
                     }
                 })
                 .collect()
         } else {
             Vec::new()
         };
+        let shared = Arc::new(Shared {
+            store: ArcSwapOption::empty(),
+            started: AtomicBool::new(false),
+            used_ms: AtomicU64::new(0),
+            backoff: backoff.clone(),
+            keys: keys
+                .iter()
+                .map(|k: &KeyBackoff| (k.name.clone(), k.backoff.clone()))
+                .collect(),
+            // A new state (first use or reload) parks the keys it inherited in the new policy.
+            keys_changed: AtomicBool::new(true),
+            api: name.clone(),
+            cap: api.provider_backoff.cap.get(),
+        });
         Self {
             name,
             retry: api.retry.clone(),
@@ -177,12 +191,27 @@ impl ApiResilience {
 
     /// Breaker and provider back-off, before admission. `Ok` carries the
     /// breaker's leave for the first attempt (none when the API has no breaker).
-    /// `global` is the gateway's shared store (`state.redis`), for the shared back-off.
-    pub fn admit(&self, global: Option<&Arc<GlobalStore>>) -> Result<Option<Permit>, Refusal> {
+    /// `global` is the gateway's shared store (`state.redis`), for the shared back-off;
+    /// `policy` the serving policy, whose key rotation gets the keys parked meanwhile.
+    pub fn admit(
+        &self,
+        global: Option<&Arc<GlobalStore>>,
+        policy: &Policy,
+    ) -> Result<Option<Permit>, Refusal> {
         if self.backoff_cfg.enabled
             && let Some(g) = global
         {
             self.watch_shared(g);
+        }
+        if self.shared.keys_changed.load(Ordering::Relaxed)
+            && self.shared.keys_changed.swap(false, Ordering::AcqRel)
+        {
+            let now = std::time::Instant::now();
+            for k in &self.keys {
+                if let Some(left) = k.backoff.remaining() {
+                    policy.skip_key(&self.name, &k.name, now + left);
+                }
+            }
         }
         let permit = match &self.breaker {
             Some(b) => match b.acquire() {
@@ -244,12 +273,18 @@ impl ApiResilience {
             api = %self.name, backoff.ms = wait.as_millis() as u64,
             upstream.status = status, "provider signalled its rate limit is exhausted; backing off"
         );
+        self.share(None, wait);
+    }
+
+    /// Records a learnt back-off of the API (`key: None`) or of one credential key in Redis,
+    /// when shared (spawned; a request never waits for it).
+    fn share(&self, key: Option<&str>, wait: Duration) {
         let store = self.shared.store.load_full();
         if let Some(g) = store
             && !g.is_degraded()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let key = g.redis().backoff_key(&self.name, None);
+            let key = g.redis().backoff_key(&self.name, key);
             rt.spawn(async move {
                 if let Err(e) = g.redis().extend_backoff(&key, wait).await {
                     tracing::warn!(error = %e, "provider back-off not shared: the shared store failed");
@@ -278,6 +313,7 @@ impl ApiResilience {
         }
         k.backoff.extend(wait, cap);
         policy.skip_key(&self.name, key, std::time::Instant::now() + wait);
+        self.share(Some(key), wait);
         self.metrics.provider_backoff(&self.name);
         tracing::info!(
             api = %self.name, credential = %key, backoff.ms = wait.as_millis() as u64,
@@ -351,6 +387,8 @@ impl Registry {
             && p.same_settings(api, report)
         {
             p.version.fetch_max(version, Ordering::AcqRel);
+            // A new policy has a fresh key rotation: park the keys still backing off in it.
+            p.shared.keys_changed.store(true, Ordering::Release);
             return Some(p.clone());
         }
         let state = Arc::new(ApiResilience::build(
@@ -398,8 +436,9 @@ impl Registry {
     }
 }
 
-/// Re-reads an API's shared back-off every [`SHARED_REFRESH`] while the API is in use; ends
-/// when its state is replaced (reload) or dropped.
+/// Re-reads an API's shared back-offs (the API's and each credential key's, in one call) every
+/// [`SHARED_REFRESH`] while the API is in use; ends when its state is replaced (reload) or
+/// dropped.
 async fn refresh_shared(weak: Weak<Shared>) {
     loop {
         tokio::time::sleep(SHARED_REFRESH).await;
@@ -417,14 +456,36 @@ async fn refresh_shared(weak: Weak<Shared>) {
         if g.is_degraded() {
             continue;
         }
-        let key = g.redis().backoff_key(&sh.api, None);
-        if let Ok(Some(left)) = g.redis().backoff_left(&key).await
-            && sh.backoff.extend(left, sh.cap)
-        {
-            tracing::info!(
-                api = %sh.api, backoff.ms = left.as_millis() as u64,
-                "another gateway learnt a provider back-off; backing off"
-            );
+        let redis = g.redis();
+        let entries: Vec<(Option<&Arc<str>>, &ProviderBackoff)> =
+            std::iter::once((None, &*sh.backoff))
+                .chain(sh.keys.iter().map(|(n, b)| (Some(n), &**b)))
+                .collect();
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|(k, _)| redis.backoff_key(&sh.api, k.map(|k| &**k)))
+            .collect();
+        let Ok(left) = redis.backoffs_left(&keys).await else {
+            continue;
+        };
+        for ((key, backoff), left) in entries.into_iter().zip(left) {
+            let Some(left) = left else { continue };
+            if !backoff.extend(left, sh.cap) {
+                continue;
+            }
+            match key {
+                None => tracing::info!(
+                    api = %sh.api, backoff.ms = left.as_millis() as u64,
+                    "another gateway learnt a provider back-off; backing off"
+                ),
+                Some(k) => {
+                    sh.keys_changed.store(true, Ordering::Release);
+                    tracing::info!(
+                        api = %sh.api, credential = %k, backoff.ms = left.as_millis() as u64,
+                        "another gateway learnt a credential key's back-off; parking the key"
+                    );
+                }
+            }
         }
     }
 }

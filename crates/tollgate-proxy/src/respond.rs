@@ -60,7 +60,7 @@ pub fn error_response(
         401 => {
             h.insert(
                 http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tollgate\""),
+                bearer_challenge(&err.detail),
             );
         }
         _ => {}
@@ -72,6 +72,21 @@ pub fn error_response(
         h.insert(X_REQUEST_ID.clone(), v);
     }
     resp
+}
+
+/// The RFC 6750 challenge on a 401: `error_description` is the refusal's
+/// detail (fixed texts that never carry the credential), limited to characters
+/// a quoted-string may hold.
+fn bearer_challenge(detail: &str) -> HeaderValue {
+    let description: String = detail
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .take(200)
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"tollgate\""))
 }
 
 /// Maps a failed upstream exchange to a gateway error. `body_failed` says the
@@ -195,12 +210,13 @@ mod tests {
 
     #[tokio::test]
     async fn route_identification_is_401_and_shutdown_closes() {
-        let err = GatewayError::new(ErrorCode::ConsumerUnidentified, "x");
+        let err = GatewayError::new(ErrorCode::ConsumerUnidentified, "the \"key\" is\nbad");
         let resp = error_response(&err, TrafficKind::Route, "r");
         assert_eq!(resp.status(), 401);
+        // RFC 6750: quotes and control characters cannot break out of the quoted-string.
         assert_eq!(
             resp.headers()["www-authenticate"],
-            "Bearer realm=\"tollgate\""
+            "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"the key isbad\""
         );
         let err = GatewayError::new(ErrorCode::ShuttingDown, "x");
         let resp = error_response(&err, TrafficKind::Route, "r");

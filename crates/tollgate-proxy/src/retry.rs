@@ -45,6 +45,8 @@ use crate::respond::{connect_error_in, upstream_failure};
 use crate::state::Gateway;
 use crate::upstream::{ConnectError, Upstream};
 
+/// Request bodies up to this size are kept for group failover when the API has no `retry`.
+const FAILOVER_REPLAY_BODY: u64 = 64 * 1024;
 /// Bytes of a discarded response read to keep its connection; beyond it the connection is closed.
 const DRAIN_LIMIT: usize = 64 * 1024;
 /// Time allowed for draining a discarded response: the backoff wait, but at least
@@ -223,6 +225,12 @@ pub struct Outgoing {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
+    /// The request span's context when traced: each attempt gets a CLIENT span, and its
+    /// `traceparent` names that span (spans.rs).
+    pub trace: Option<tollgate_trace::ChildCtx>,
+    /// The API's upstream group (balance.rs): each attempt picks its target, and an idempotent
+    /// request whose attempt fails to connect (or is reset) moves to another target at once.
+    pub group: Option<crate::balance::Pick>,
 }
 
 /// What the loop ended with.
@@ -354,10 +362,18 @@ pub async fn send(
     }
     let eligible = retry.filter(|r| retryable_request(r, &out.method, &out.headers));
     let deadline = eligible.map(|r| start + r.deadline.get());
-    let mut prepared = match eligible {
-        Some(r) => {
-            let read = prepare(client_body, r.max_replay_body.get());
-            match tokio::time::timeout(r.deadline.get(), read).await {
+    // Group failover needs a replayable body even when the API has no `retry`.
+    let failover = out.group.is_some() && (eligible.is_some() || is_idempotent(&out.method));
+    let replay = match eligible {
+        Some(r) => Some((r.max_replay_body.get(), r.deadline.get())),
+        None if failover => Some((FAILOVER_REPLAY_BODY, upstream.response_header_timeout)),
+        None => None,
+    };
+    let mut tried: Vec<usize> = Vec::new();
+    let mut prepared = match replay {
+        Some((max_body, within)) => {
+            let read = prepare(client_body, max_body);
+            match tokio::time::timeout(within, read).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => {
                     return Exchange {
@@ -397,9 +413,42 @@ pub async fn send(
             // Unreachable: a one-shot body is never retried.
             return failed(internal(), attempts, start);
         };
+        // An upstream group picks this attempt's target (an untried one first).
+        let picked = match &out.group {
+            Some(p) => match p.pick(&tried) {
+                Some(t) => Some(t),
+                None if attempts == 1 => {
+                    return Exchange {
+                        sent: Sent::Failed {
+                            err: GatewayError::new(
+                                ErrorCode::NoHealthyUpstream,
+                                "every target of the upstream group is unhealthy or ejected",
+                            ),
+                            not_sent: true,
+                        },
+                        attempts: 0,
+                        upstream_duration: start.elapsed(),
+                    };
+                }
+                None => {
+                    return failed(
+                        GatewayError::new(
+                            ErrorCode::NoHealthyUpstream,
+                            "no healthy target was left to retry on",
+                        ),
+                        attempts - 1,
+                        start,
+                    );
+                }
+            },
+            None => None,
+        };
         let mut req = Request::new(body);
         *req.method_mut() = out.method.clone();
-        *req.uri_mut() = out.uri.clone();
+        *req.uri_mut() = match &picked {
+            Some(t) => t.uri(&out.uri).unwrap_or_else(|| out.uri.clone()),
+            None => out.uri.clone(),
+        };
         // A one-shot body means this is the only attempt: hand the headers over instead of
         // copying them (the method and URI are still read below, and are cheap).
         *req.headers_mut() = if prepared.replayable() {
@@ -408,6 +457,16 @@ pub async fn send(
             std::mem::take(&mut out.headers)
         };
 
+        if let Some(t) = picked.as_ref().and_then(|p| p.target()) {
+            if let Ok(v) = http::HeaderValue::from_str(t.authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+            tried.push(picked.as_ref().map_or(0, |p| p.index));
+        }
+        let client = match &out.group {
+            Some(p) => &p.group.client.client,
+            None => &upstream.client,
+        };
         // per_try_timeout belongs to retryable requests; a request sent once keeps the
         // plain upstream.response_header_timeout.
         let mut limit = upstream.response_header_timeout;
@@ -417,8 +476,18 @@ pub async fn send(
         if let Some(d) = deadline {
             limit = limit.min(d.saturating_duration_since(Instant::now()));
         }
-        let result = tokio::time::timeout(limit, upstream.client.request(req)).await;
+        let span = out
+            .trace
+            .as_ref()
+            .map(|t| t.attempt(attempts, &out.method, &out.uri, req.headers_mut()));
+        let result = tokio::time::timeout(limit, client.request(req)).await;
         let attempt = classify(gw, result, &stats, request_id);
+        if let Some(s) = span {
+            match &attempt {
+                Attempt::Response(r) => s.response(r.status().as_u16()),
+                Attempt::Failed { err, .. } => s.failed(err.code.as_str()),
+            }
+        }
 
         let outcome = match &attempt {
             Attempt::Response(r) => Some(Outcome::Status(r.status().as_u16())),
@@ -433,6 +502,36 @@ pub async fn send(
         }
         if let (Some(a), Attempt::Response(r)) = (api, &attempt) {
             a.learn(r.status().as_u16(), r.headers());
+        }
+        if let (Some(p), Some(t)) = (&out.group, picked) {
+            p.group.record(t.index, outcome);
+            drop(t);
+            // Failover: nothing (connect) or nothing usable (reset, idempotent only) came back;
+            // another target gets the request at once, outside the retry schedule.
+            let moved = match outcome {
+                Some(Outcome::Connect) => true,
+                Some(Outcome::Reset) => is_idempotent(&out.method),
+                _ => false,
+            };
+            if failover && moved && prepared.replayable() && p.has_untried(&tried) {
+                let breaker_ok = match api.and_then(|a| a.breaker.as_ref()) {
+                    Some(b) => match b.acquire() {
+                        Ok(pm) => {
+                            permit = Some(pm);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    None => true,
+                };
+                if breaker_ok {
+                    if let Some(a) = api {
+                        gw.metrics.upstream_retry(&a.name, "failover");
+                    }
+                    tracing::debug!(request.id = %request_id, api = %p.group.api, "upstream target failed; trying another");
+                    continue;
+                }
+            }
         }
 
         // Decide whether to go again.

@@ -31,8 +31,9 @@ pub enum BuildError {
     Tls(#[from] TlsConfigError),
     #[error("admin.token: {0}")]
     AdminToken(tollgate_config::SecretError),
-    #[error("state.redis.url: {0}")]
-    RedisUrl(String),
+    /// A `state.redis` setting (its key) that cannot be used.
+    #[error("{0}: {1}")]
+    Redis(&'static str, String),
     #[error(transparent)]
     Intercept(#[from] crate::intercept::InterceptError),
     #[error(transparent)]
@@ -47,7 +48,7 @@ impl BuildError {
             Self::Dns(_) => "dns",
             Self::Tls(_) => "upstream.ca_file",
             Self::AdminToken(_) => "admin.token",
-            Self::RedisUrl(_) => "state.redis.url",
+            Self::Redis(key, _) => key,
             Self::Intercept(e) => e.key_path(),
             Self::ProxyTls(e) => e.key_path(),
         }
@@ -59,7 +60,7 @@ impl BuildError {
 /// back to itself. Empty when no listener is a wildcard (or interfaces cannot
 /// be listed, in which case loopback and the unspecified address are still
 /// covered by the guard itself).
-fn wildcard_local_addrs(own_listeners: &[SocketAddr]) -> Vec<std::net::IpAddr> {
+pub(crate) fn wildcard_local_addrs(own_listeners: &[SocketAddr]) -> Vec<std::net::IpAddr> {
     if !own_listeners.iter().any(|a| a.ip().is_unspecified()) {
         return Vec::new();
     }
@@ -84,6 +85,11 @@ pub struct Active {
     pub intercept: Option<Arc<crate::intercept::Interceptor>>,
     /// The TLS listener's configuration (`listen.proxy_tls`), files re-read on every build.
     pub proxy_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Upstream groups by API name (balance.rs); their health checks run while this
+    /// configuration is alive.
+    pub groups: crate::balance::Groups,
+    /// CORS policies of route APIs (cors.rs).
+    pub cors: crate::cors::CorsTable,
     /// The resolved admin bearer token, when one is configured.
     admin_token: Option<Secret>,
     own_listeners: Vec<SocketAddr>,
@@ -125,13 +131,18 @@ impl Active {
         };
         if let Some(r) = &cfg.state.redis {
             // Checked here so `validate` and a reload refuse what the shared store would.
-            let url = r
-                .url
-                .resolve()
-                .map_err(|e| BuildError::RedisUrl(e.to_string()))?;
-            crate::limit_store::check_url(url.expose()).map_err(BuildError::RedisUrl)?;
+            crate::limit_store::check_config(r).map_err(|e| BuildError::Redis(e.key, e.message))?;
         }
-        let redact_query_params = cfg.logging.redact_query_params.clone();
+        let mut redact_query_params = cfg.logging.redact_query_params.clone();
+        // API keys in the query string are never logged (docs/auth.md).
+        for name in cfg.api_key_query_params() {
+            if !redact_query_params
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(name))
+            {
+                redact_query_params.push(name.to_owned());
+            }
+        }
         let admin_token = match &cfg.admin.token {
             Some(r) => Some(r.resolve().map_err(BuildError::AdminToken)?),
             None => None,
@@ -154,9 +165,15 @@ impl Active {
             upstream.connector.clone(),
             prev.map(|p| &*p.tokens),
         ));
+        let groups = crate::balance::Groups::build(cfg, own_listeners)?;
+        let cors = crate::cors::CorsTable::build(cfg);
+        // JWT issuers' key sets (docs/auth.md): fetched in the background.
+        crate::jwks::start(&policy, upstream.connector.clone(), prev.map(|p| &p.policy));
         Ok(Active {
             policy,
             upstream,
+            groups,
+            cors,
             tokens,
             redact_query_params,
             intercept,
@@ -199,6 +216,11 @@ pub struct Gateway {
     pub cache: Arc<crate::cache::ResponseCache>,
     /// Endpoints seen (API discovery, `discovery.rs`); kept across reloads.
     pub discovery: crate::discovery::Discovery,
+    /// OpenTelemetry span export (`telemetry.tracing`); empty when off, so requests do no
+    /// tracing work. Rebuilt on reload only when its settings change ([`Gateway::sync_tracer`]).
+    pub tracer: ArcSwapOption<tollgate_trace::Tracer>,
+    /// Usage aggregation for the control plane (`usage.rs`); set only for managed gateways.
+    pub usage: ArcSwapOption<crate::usage::Usage>,
 }
 
 impl Gateway {
@@ -241,13 +263,37 @@ impl Gateway {
             waiting: crate::waiting::Waiting::default(),
             cache: crate::cache::ResponseCache::new(active_cfg_cache_bytes, metrics.clone()),
             discovery: crate::discovery::Discovery::new(metrics.clone()),
+            tracer: ArcSwapOption::empty(),
+            usage: ArcSwapOption::empty(),
             metrics,
             access_log,
             shutdown: Shutdown::new(),
         });
         gw.sync_state();
+        gw.sync_tracer();
+        gw.active.load().groups.start(&gw.metrics);
         crate::persist::start(&gw);
         Ok(gw)
+    }
+
+    /// Makes the span exporter match the active config's `telemetry.tracing`: kept when
+    /// unchanged, replaced when changed (the old one sends what it has queued, then stops),
+    /// dropped when removed. An exporter that cannot be built is logged and tracing stays off.
+    pub fn sync_tracer(&self) {
+        let active = self.active.load();
+        let wanted = active.policy.config().telemetry.tracing.as_ref();
+        match (wanted, self.tracer.load_full()) {
+            (None, None) => {}
+            (None, Some(_)) => self.tracer.store(None),
+            (Some(t), Some(cur)) if cur.same_config(t) => {}
+            (Some(t), _) => match tollgate_trace::Tracer::start(t, Arc::clone(&self.metrics)) {
+                Ok(tr) => self.tracer.store(Some(tr)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the span exporter; tracing is off");
+                    self.tracer.store(None);
+                }
+            },
+        }
     }
 
     /// Makes the shared store match the active config's `state.redis`: kept when unchanged,

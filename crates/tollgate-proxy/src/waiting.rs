@@ -104,12 +104,17 @@ struct Queued {
     limit: Arc<str>,
     start: Instant,
     result: Option<&'static str>,
+    /// The wait's span, when the request is traced (spans.rs).
+    span: Option<crate::spans::QueueSpan>,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
         self.depth.dec();
         let result = self.result.unwrap_or("cancelled");
+        if let Some(s) = self.span.take() {
+            s.end(&self.api, &self.limit, result);
+        }
         self.metrics.limit_queued(&self.api, &self.limit, result);
         self.metrics
             .limit_queue_wait(&self.api, self.start.elapsed());
@@ -135,6 +140,7 @@ pub async fn admit_or_wait(
     cfg: &Config,
     plan: &LimitPlan,
     consumer: &str,
+    trace: Option<&tollgate_trace::ChildCtx>,
 ) -> Admitted {
     let on_limit = |j: usize| -> OnLimit {
         cfg.apis
@@ -176,6 +182,7 @@ pub async fn admit_or_wait(
             limit: name,
             start: Instant::now(),
             result: None,
+            span: crate::spans::QueueSpan::start(trace),
         })
     };
     let deadline_of = |j: usize| {
@@ -295,6 +302,7 @@ fn retry_of(a: &Admitted) -> Duration {
 fn queue_refusal(plan: &LimitPlan, limit: &str, why: &str) -> Admitted {
     Admitted {
         outcome: None,
+        charged: admission::Charged::default(),
         verdict: LimitVerdict::Refused(GatewayError::new(
             ErrorCode::RateLimited,
             format!(
@@ -333,6 +341,7 @@ pub async fn acquire_slot(
     cfg: &Config,
     api: &str,
     consumer: &str,
+    trace: Option<&tollgate_trace::ChildCtx>,
 ) -> Result<Option<Slot>, SlotRefusal> {
     let Some(api_cfg) = cfg.apis.iter().find(|a| a.name == api) else {
         return Ok(None);
@@ -364,12 +373,14 @@ pub async fn acquire_slot(
         depth: None,
         start,
         result: None,
+        span: None,
     };
     let fits_now = limiter.has_room(&who.consumer);
     if !fits_now && queue.is_some() && !report {
         let d = gw.metrics.concurrency_queue_depth(api);
         d.inc();
         waited.depth = Some(d);
+        waited.span = crate::spans::QueueSpan::start(trace);
     }
     let got = limiter.acquire(who, start + wait).await;
     let refusal = match got {
@@ -423,6 +434,7 @@ struct WaitRecord<'a> {
     depth: Option<GaugeHandle>,
     start: Instant,
     result: Option<&'static str>,
+    span: Option<crate::spans::QueueSpan>,
 }
 
 impl Drop for WaitRecord<'_> {
@@ -430,6 +442,9 @@ impl Drop for WaitRecord<'_> {
         let Some(d) = self.depth.take() else { return };
         d.dec();
         let result = self.result.unwrap_or("cancelled");
+        if let Some(s) = self.span.take() {
+            s.end(self.api, "concurrency", result);
+        }
         self.gw.metrics.concurrency_queued(self.api, result);
         self.gw
             .metrics

@@ -216,3 +216,51 @@ async fn when_every_key_is_parked_the_api_backs_off() {
         "upstream not contacted"
     );
 }
+
+#[tokio::test]
+async fn a_key_parked_by_one_gateway_is_skipped_by_the_other() {
+    let (up, seen) = upstream().await;
+    let yaml = format!(
+        "state: {{ redis: {{ url: \"redis://127.0.0.1:6379\", prefix: \"{}\" }} }}\napis:\n  - name: multi\n    hosts: [\"127.0.0.1\"]\n    credentials:\n      keys:\n        - {{ name: a, header: x-key, value: ka }}\n        - {{ name: b, header: x-key, value: kb }}\n",
+        unique_prefix()
+    );
+    let g1 = Proxy::start(&yaml).await;
+    let g2 = Proxy::start(&yaml).await;
+    // Gateway 2 has served the API (its state exists and watches Redis).
+    let resp = raw(g2.addr, get(up, "/ok").as_bytes()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+
+    // The provider refuses key a (429, Retry-After: 2); gateway 1 meets it within two requests.
+    seen.refuse_keys.lock().unwrap().push("ka".into());
+    let mut got_429 = false;
+    for _ in 0..2 {
+        let resp = raw(g1.addr, get(up, "/x").as_bytes()).await;
+        got_429 |= resp.status == 429;
+    }
+    assert!(got_429);
+    let st = g1.gateway.resilience.status("multi").unwrap();
+    assert!(st["key_backoff_ms"]["a"].is_u64(), "{st}");
+
+    // Gateway 2 learns key a's back-off from Redis (bounded wait), not the API's.
+    let mut learnt = false;
+    for _ in 0..60 {
+        let st = g2.gateway.resilience.status("multi").unwrap();
+        if st["key_backoff_ms"]["a"].is_u64() {
+            assert!(st["key_backoff_ms"]["b"].is_null(), "{st}");
+            assert!(st["provider_backoff_ms"].is_null(), "not API-wide: {st}");
+            learnt = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(learnt, "gateway 2 never saw key a's shared back-off");
+    // ... and leaves key a out of its rotation: every request goes out with key b and passes
+    // (key a would still get the provider's 429).
+    let before = seen.keys.lock().unwrap().len();
+    for _ in 0..4 {
+        let resp = raw(g2.addr, get(up, "/x").as_bytes()).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    let used: Vec<String> = seen.keys.lock().unwrap()[before..].to_vec();
+    assert_eq!(used, vec!["kb"; 4]);
+}

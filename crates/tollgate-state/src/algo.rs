@@ -99,6 +99,69 @@ pub fn evaluate(
     }
 }
 
+/// The state after giving back `cost` units that a request was charged moments ago but that
+/// did not go ahead (refused by a later step such as a concurrency limit). `None`: nothing to
+/// give back (no state, another kind, or the window the charge went to has ended).
+///
+/// - Fixed window: the count drops by `cost` (not below 0) if the window is still the one the
+///   state records.
+/// - Sliding window: the recorded sub-window's count drops by `cost` (not below 0) while that
+///   sub-window is the current or the previous one.
+/// - GCRA: the theoretical arrival time moves back by `cost` emission intervals, but not before
+///   now (a bucket never holds more than its burst).
+///
+/// Share groups keep their activity instant (`seen_ms`): the group did ask.
+pub fn refund(
+    spec: &LimitSpec,
+    state: CounterState,
+    now_ms: u64,
+    cost: u64,
+) -> Option<CounterState> {
+    match (*spec, state) {
+        (
+            LimitSpec::FixedWindow { window, .. },
+            CounterState::Fixed {
+                start_ms,
+                count,
+                seen_ms,
+            },
+        ) => (window_bounds(window, now_ms).0 == start_ms).then_some(CounterState::Fixed {
+            start_ms,
+            count: count.saturating_sub(cost),
+            seen_ms,
+        }),
+        (
+            LimitSpec::Sliding { window_ms, .. },
+            CounterState::Sliding {
+                start_ms,
+                cur,
+                prev,
+                seen_ms,
+            },
+        ) => {
+            let w = window_ms.max(1);
+            let cur_start = now_ms - now_ms % w;
+            (start_ms == cur_start || start_ms.saturating_add(w) == cur_start).then_some(
+                CounterState::Sliding {
+                    start_ms,
+                    cur: cur.saturating_sub(cost),
+                    prev,
+                    seen_ms,
+                },
+            )
+        }
+        (LimitSpec::Gcra { rate_per_sec, .. }, CounterState::Gcra { tat_us }) => {
+            let back = emission_interval_us(rate_per_sec).saturating_mul(cost);
+            Some(CounterState::Gcra {
+                tat_us: tat_us
+                    .saturating_sub(back)
+                    .max(now_ms.saturating_mul(1_000)),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Microseconds between two units at `rate_per_sec` (at least 1 µs; a rate of zero or below
 /// means one unit per `u64::MAX` µs, i.e. only the burst is ever available).
 pub fn emission_interval_us(rate_per_sec: f64) -> u64 {
@@ -493,20 +556,47 @@ fn sliding_wait(limit: u64, w: u64, cur: u64, prev: u64, elapsed: u64, cost: u64
 
 /// `[start, end)` of the fixed window containing `now_ms`, in epoch milliseconds.
 pub fn window_bounds(window: Window, now_ms: u64) -> (u64, u64) {
-    let aligned = |len: u64| {
-        let start = now_ms - now_ms % len;
-        (start, start + len)
-    };
     match window {
-        Window::Second => aligned(SECOND_MS),
-        Window::Minute => aligned(MINUTE_MS),
-        Window::Hour => aligned(HOUR_MS),
-        Window::Day => aligned(DAY_MS),
-        Window::Month {
-            utc_offset_minutes,
-            renewal_day,
-        } => month_bounds(now_ms, utc_offset_minutes, renewal_day),
+        Window::LocalDay { zone } => zone.day_bounds(now_ms),
+        Window::Month { zone, renewal_day } => zone.month_bounds(now_ms, renewal_day),
+        _ => {
+            let len = aligned_len_ms(window).unwrap_or(DAY_MS);
+            let start = now_ms - now_ms % len;
+            (start, start + len)
+        }
     }
+}
+
+/// The length of a window aligned to the epoch (second to UTC day); `None` for calendar
+/// windows ([`is_calendar`]).
+pub fn aligned_len_ms(window: Window) -> Option<u64> {
+    match window {
+        Window::Second => Some(SECOND_MS),
+        Window::Minute => Some(MINUTE_MS),
+        Window::Hour => Some(HOUR_MS),
+        Window::Day => Some(DAY_MS),
+        Window::LocalDay { .. } | Window::Month { .. } => None,
+    }
+}
+
+/// Whether `window` follows a calendar (a time zone's days or months) rather than the epoch.
+pub fn is_calendar(window: Window) -> bool {
+    matches!(window, Window::LocalDay { .. } | Window::Month { .. })
+}
+
+/// The edges of the six calendar windows around `now_ms`: the starts of the windows two
+/// before to three after the one containing `now_ms`, ascending (`[2]..[3]` is the current
+/// window). The Redis script cannot compute calendars (no time-zone database in Lua), so the
+/// gateway sends these and the script picks the window that contains Redis' own clock, with
+/// the previous window's start and the next one's end for share-group activity. One window of
+/// clock difference either way is covered.
+pub fn calendar_edges(window: Window, now_ms: u64) -> [u64; 6] {
+    let (s0, e0) = window_bounds(window, now_ms);
+    let s_1 = window_bounds(window, s0.saturating_sub(1)).0;
+    let s_2 = window_bounds(window, s_1.saturating_sub(1)).0;
+    let e1 = window_bounds(window, e0).1;
+    let e2 = window_bounds(window, e1).1;
+    [s_2, s_1, s0, e0, e1, e2]
 }
 
 /// Whether a limit's state spans an hour or more, so [`crate::LocalStore::save`] persists it.
@@ -519,30 +609,6 @@ pub fn is_long_window(spec: &LimitSpec) -> bool {
             burst,
         } => emission_interval_us(rate_per_sec).saturating_mul(burst) >= HOUR_MS * 1_000,
     }
-}
-
-fn month_bounds(now_ms: u64, utc_offset_minutes: i32, renewal_day: u8) -> (u64, u64) {
-    let offset_ms = i64::from(utc_offset_minutes) * 60_000;
-    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
-    let local_day = (now + offset_ms).div_euclid(DAY_MS as i64);
-    let (y, m, _) = civil_from_days(local_day);
-    let rd = renewal_day.clamp(1, 31);
-    let this = renewal_in(y, m, rd);
-    let (start, end) = if local_day >= this {
-        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-        (this, renewal_in(ny, nm, rd))
-    } else {
-        let (py, pm) = if m == 1 { (y - 1, 12) } else { (y, m - 1) };
-        (renewal_in(py, pm, rd), this)
-    };
-    let to_utc = |day: i64| u64::try_from(day * DAY_MS as i64 - offset_ms).unwrap_or(0);
-    (to_utc(start), to_utc(end))
-}
-
-/// Day number of the renewal in month `m` of year `y`: `renewal_day`, or the month's last day
-/// when the month is shorter (renewal day 31 in April renews on the 30th).
-fn renewal_in(y: i64, m: u32, renewal_day: u8) -> i64 {
-    days_from_civil(y, m, u32::from(renewal_day).min(days_in_month(y, m)))
 }
 
 pub fn is_leap(y: i64) -> bool {

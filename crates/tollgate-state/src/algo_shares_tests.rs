@@ -168,7 +168,7 @@ fn month_windows_share_too() {
     let spec = LimitSpec::FixedWindow {
         limit: 4,
         window: Window::Month {
-            utc_offset_minutes: 0,
+            zone: crate::Zone::UTC,
             renewal_day: 1,
         },
     };
@@ -277,7 +277,7 @@ fn month_windows_look_back_one_calendar_month() {
     let spec = LimitSpec::FixedWindow {
         limit: 10,
         window: Window::Month {
-            utc_offset_minutes: 0,
+            zone: crate::Zone::UTC,
             renewal_day: 1,
         },
     };

@@ -1,4 +1,5 @@
 use super::*;
+use crate::Zone;
 
 /// Epoch ms of a UTC date-time.
 fn utc(y: i64, mo: u32, d: u32, h: u64, mi: u64) -> u64 {
@@ -18,7 +19,7 @@ fn hit(spec: &LimitSpec, state: &mut Option<CounterState>, now: u64, cost: u64) 
 
 fn month(off: i32, rd: u8) -> Window {
     Window::Month {
-        utc_offset_minutes: off,
+        zone: Zone::Fixed(off),
         renewal_day: rd,
     }
 }
@@ -164,6 +165,162 @@ fn month_with_utc_offsets() {
     assert!(hit(&spec, &mut st, utc(2025, 4, 14, 22, 0), 1).allowed);
 }
 
+fn zone(name: &str) -> Zone {
+    Zone::named(name).unwrap()
+}
+
+fn local_day(z: Zone) -> Window {
+    Window::LocalDay { zone: z }
+}
+
+fn month_in(z: Zone, rd: u8) -> Window {
+    Window::Month {
+        zone: z,
+        renewal_day: rd,
+    }
+}
+
+#[test]
+fn local_days_follow_daylight_saving() {
+    let berlin = zone("Europe/Berlin");
+    // Spring forward (2026-03-29, 02:00 → 03:00): the local day has 23 hours.
+    assert_eq!(
+        window_bounds(local_day(berlin), utc(2026, 3, 29, 12, 0)),
+        (utc(2026, 3, 28, 23, 0), utc(2026, 3, 29, 22, 0))
+    );
+    // Fall back (2026-10-25, 03:00 → 02:00): 25 hours, the repeated hour included once.
+    let fall = (utc(2026, 10, 24, 22, 0), utc(2026, 10, 25, 23, 0));
+    for t in [
+        utc(2026, 10, 24, 22, 0),
+        utc(2026, 10, 25, 0, 30),
+        utc(2026, 10, 25, 1, 30),
+        utc(2026, 10, 25, 22, 59),
+    ] {
+        assert_eq!(window_bounds(local_day(berlin), t), fall);
+    }
+    // New York (2026-03-08): EST midnight to EDT midnight; a minute before belongs to the 7th.
+    let ny = zone("America/New_York");
+    assert_eq!(
+        window_bounds(local_day(ny), utc(2026, 3, 8, 12, 0)),
+        (utc(2026, 3, 8, 5, 0), utc(2026, 3, 9, 4, 0))
+    );
+    assert_eq!(
+        window_bounds(local_day(ny), utc(2026, 3, 8, 4, 59)),
+        (utc(2026, 3, 7, 5, 0), utc(2026, 3, 8, 5, 0))
+    );
+    // Havana skips midnight itself (00:00 → 01:00): the day starts at the end of the gap.
+    assert_eq!(
+        window_bounds(local_day(zone("America/Havana")), utc(2026, 3, 8, 12, 0)),
+        (utc(2026, 3, 8, 5, 0), utc(2026, 3, 9, 4, 0))
+    );
+    // Fixed offsets never change; UTC is the plain aligned day.
+    assert_eq!(
+        window_bounds(local_day(Zone::Fixed(330)), utc(2026, 1, 1, 0, 0)),
+        (utc(2025, 12, 31, 18, 30), utc(2026, 1, 1, 18, 30))
+    );
+    let t = utc(2026, 7, 1, 13, 7);
+    assert_eq!(
+        window_bounds(local_day(Zone::UTC), t),
+        window_bounds(Window::Day, t)
+    );
+    // A day's quota carries through the 25-hour day and renews at local midnight.
+    let spec = LimitSpec::FixedWindow {
+        limit: 2,
+        window: local_day(berlin),
+    };
+    let mut st = None;
+    assert!(hit(&spec, &mut st, utc(2026, 10, 24, 22, 30), 1).allowed);
+    assert!(hit(&spec, &mut st, utc(2026, 10, 25, 22, 0), 1).allowed);
+    let d = hit(&spec, &mut st, utc(2026, 10, 25, 22, 59), 1);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ms, MINUTE_MS);
+    assert!(hit(&spec, &mut st, utc(2026, 10, 25, 23, 0), 1).allowed);
+}
+
+#[test]
+fn months_in_iana_zones() {
+    let berlin = zone("Europe/Berlin");
+    // March 2026 begins in CET and ends in CEST: one hour short of 31 days.
+    assert_eq!(
+        window_bounds(month_in(berlin, 1), utc(2026, 3, 15, 0, 0)),
+        (utc(2026, 2, 28, 23, 0), utc(2026, 3, 31, 22, 0))
+    );
+    assert_eq!(
+        window_bounds(month_in(berlin, 1), utc(2026, 3, 31, 21, 59)).1,
+        utc(2026, 3, 31, 22, 0)
+    );
+    assert_eq!(
+        window_bounds(month_in(berlin, 1), utc(2026, 3, 31, 22, 0)).0,
+        utc(2026, 3, 31, 22, 0)
+    );
+    // Renewal day 31 clamps to the last day of shorter months, at local midnight.
+    assert_eq!(
+        window_bounds(month_in(berlin, 31), utc(2026, 4, 15, 0, 0)),
+        (utc(2026, 3, 30, 22, 0), utc(2026, 4, 29, 22, 0))
+    );
+    assert_eq!(
+        window_bounds(month_in(berlin, 31), utc(2026, 2, 20, 0, 0)),
+        (utc(2026, 1, 30, 23, 0), utc(2026, 2, 27, 23, 0))
+    );
+    assert_eq!(
+        window_bounds(month_in(berlin, 30), utc(2028, 2, 15, 0, 0)),
+        (utc(2028, 1, 29, 23, 0), utc(2028, 2, 28, 23, 0))
+    );
+    // Renewal on the day of the change: local midnight before it (EST) and after it (EDT).
+    assert_eq!(
+        window_bounds(
+            month_in(zone("America/New_York"), 8),
+            utc(2026, 3, 10, 0, 0)
+        ),
+        (utc(2026, 3, 8, 5, 0), utc(2026, 4, 8, 4, 0))
+    );
+    // Renewal on a day without a midnight: the first instant of that day.
+    assert_eq!(
+        window_bounds(month_in(zone("America/Havana"), 8), utc(2026, 3, 10, 0, 0)),
+        (utc(2026, 3, 8, 5, 0), utc(2026, 4, 8, 4, 0))
+    );
+    // A named zone with a constant offset agrees with the fixed offset.
+    let t = utc(2026, 5, 14, 23, 30);
+    assert_eq!(
+        window_bounds(month_in(zone("Asia/Kolkata"), 15), t),
+        window_bounds(month(330, 15), t)
+    );
+}
+
+#[test]
+fn unknown_zones_are_refused() {
+    let e = Zone::named("Europe/Berln").unwrap_err();
+    assert!(e.contains("Europe/Berln"), "{e}");
+    assert_eq!(zone("Europe/Berlin"), zone("Europe/Berlin"));
+    assert_ne!(zone("Europe/Berlin"), Zone::Fixed(60));
+    assert_eq!(Zone::Fixed(-330).to_string(), "-05:30");
+    assert_eq!(zone("Europe/Berlin").to_string(), "Europe/Berlin");
+    assert_eq!(zone("europe/berlin"), zone("Europe/Berlin"));
+    assert_eq!(zone("europe/berlin").to_string(), "Europe/Berlin");
+}
+
+#[test]
+fn calendar_edges_cover_neighbouring_windows() {
+    let w = local_day(zone("Europe/Berlin"));
+    assert_eq!(
+        calendar_edges(w, utc(2026, 3, 29, 12, 0)),
+        [
+            utc(2026, 3, 26, 23, 0),
+            utc(2026, 3, 27, 23, 0),
+            utc(2026, 3, 28, 23, 0),
+            utc(2026, 3, 29, 22, 0),
+            utc(2026, 3, 30, 22, 0),
+            utc(2026, 3, 31, 22, 0),
+        ]
+    );
+    let m = month_in(zone("Europe/Berlin"), 31);
+    let e = calendar_edges(m, utc(2026, 4, 15, 0, 0));
+    assert_eq!(e[2..4], [utc(2026, 3, 30, 22, 0), utc(2026, 4, 29, 22, 0)]);
+    assert_eq!(e[1], utc(2026, 2, 27, 23, 0));
+    assert_eq!(e[5], utc(2026, 6, 29, 22, 0));
+    assert!(e.windows(2).all(|p| p[0] < p[1]));
+}
+
 #[test]
 fn gcra_burst_then_steady_rate() {
     let spec = LimitSpec::Gcra {
@@ -259,4 +416,72 @@ fn long_windows_are_persisted() {
         rate_per_sec: 1.0,
         burst: 10
     }));
+}
+
+#[test]
+fn refunds_follow_each_algorithm() {
+    let t = utc(2026, 3, 29, 12, 0);
+    // Sliding: the charge moved into the previous sub-window is still given back; two
+    // sub-windows on it is gone.
+    let spec = LimitSpec::Sliding {
+        limit: 10,
+        window_ms: MINUTE_MS,
+    };
+    let st = CounterState::Sliding {
+        start_ms: t,
+        cur: 4,
+        prev: 2,
+        seen_ms: 0,
+    };
+    let back = |now| refund(&spec, st, now, 3);
+    assert_eq!(
+        back(t + 5),
+        Some(CounterState::Sliding {
+            start_ms: t,
+            cur: 1,
+            prev: 2,
+            seen_ms: 0
+        })
+    );
+    assert!(back(t + MINUTE_MS + 5).is_some());
+    assert_eq!(back(t + 2 * MINUTE_MS), None);
+    // GCRA: back by whole emission intervals, never before now.
+    let g = LimitSpec::Gcra {
+        rate_per_sec: 1.0,
+        burst: 5,
+    };
+    let now_us = t * 1_000;
+    let st = CounterState::Gcra {
+        tat_us: now_us + 4_000_000,
+    };
+    assert_eq!(
+        refund(&g, st, t, 1),
+        Some(CounterState::Gcra {
+            tat_us: now_us + 3_000_000
+        })
+    );
+    assert_eq!(
+        refund(&g, st, t, 9),
+        Some(CounterState::Gcra { tat_us: now_us })
+    );
+    // Fixed calendar day: only within the charged day; another kind of state is left alone.
+    let day = LimitSpec::FixedWindow {
+        limit: 3,
+        window: local_day(zone("Europe/Berlin")),
+    };
+    let st = CounterState::Fixed {
+        start_ms: utc(2026, 3, 28, 23, 0),
+        count: 2,
+        seen_ms: 7,
+    };
+    assert_eq!(
+        refund(&day, st, t, 5),
+        Some(CounterState::Fixed {
+            start_ms: utc(2026, 3, 28, 23, 0),
+            count: 0,
+            seen_ms: 7
+        })
+    );
+    assert_eq!(refund(&day, st, utc(2026, 3, 29, 22, 0), 1), None);
+    assert_eq!(refund(&g, st, t, 1), None);
 }

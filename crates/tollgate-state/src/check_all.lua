@@ -4,7 +4,9 @@
 -- ARGV[1]: '1' to charge when all limits allow, '0' to peek.
 -- Then per limit: kind, limit, a, b, cost, n, me, borrow, g_1 .. g_n
 --   kind 'f' fixed aligned window: a = window length ms
---   kind 'm' calendar month:       a = UTC offset minutes, b = renewal day
+--   kind 'm' calendar (a time zone's day or month): a = the edges of six consecutive windows
+--                                  around the gateway's clock, 'e1,...,e6' in ms (algo.rs
+--                                  calendar_edges); the window is the one holding Redis' time
 --   kind 's' sliding window:       a = window ms
 --   kind 'g' GCRA:                 limit = burst, a = emission interval us
 --   n = 0 for a plain limit; else the number of share groups, me = the requester's group
@@ -19,63 +21,15 @@ local DAY = 86400000
 -- Caps TTLs so absurd parameters never make PEXPIRE reject the write.
 local MAX_TTL = 400 * DAY
 
-local function dfc(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function cfd(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m
-  if mp < 10 then m = mp + 3 else m = mp - 9 end
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m
-end
-
-local function dim(y, m)
-  if m == 2 then
-    if (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0 then return 29 end
-    return 28
+-- The calendar window [s, e) holding `at` among the edges `es` (algo.rs calendar_edges), with
+-- the previous window's start and the next one's end. The gateway computes the edges (Lua has
+-- no time-zone database) around its own clock; Redis' clock picks the window. A clock
+-- difference of more than one window is refused, so the caller fails open or closed.
+local function cal(es, at)
+  for k = 2, 4 do
+    if es[k] <= at and at < es[k + 1] then return es[k], es[k + 1], es[k - 1], es[k + 2] end
   end
-  if m == 4 or m == 6 or m == 9 or m == 11 then return 30 end
-  return 31
-end
-
-local function renewal(y, m, rd)
-  return dfc(y, m, math.min(rd, dim(y, m)))
-end
-
--- Bounds of the calendar-month window containing `at` (ms).
-local function month_bounds(off, rd, at)
-  if rd < 1 then rd = 1 end
-  if rd > 31 then rd = 31 end
-  local offms = off * 60000
-  local day = math.floor((at + offms) / DAY)
-  local y, m = cfd(day)
-  local this = renewal(y, m, rd)
-  local s, e
-  if day >= this then
-    local ny, nm = y, m + 1
-    if nm == 13 then ny, nm = y + 1, 1 end
-    s, e = this, renewal(ny, nm, rd)
-  else
-    local py, pm = y, m - 1
-    if pm == 0 then py, pm = y - 1, 12 end
-    s, e = renewal(py, pm, rd), this
-  end
-  return s * DAY - offms, e * DAY - offms
+  return error('calendar edges do not cover the Redis clock: gateway and Redis clocks differ too much')
 end
 
 -- Earliest wait after which `cost` more units fit under `limit` for sliding counters
@@ -106,7 +60,7 @@ local function eval(kind, limit, pa, pb, cost, sa, sb, sc)
       s = now - (now % pa)
       e = s + pa
     else
-      s, e = month_bounds(pa, pb, now)
+      s, e = cal(pa, now)
     end
     local count = 0
     if sa == s then count = sb end
@@ -197,10 +151,7 @@ local function shared(kind, limit, pa, pb, cost, gs, me, mode, sts)
       e = s + pa
       ps, ne = s - pa, e + pa
     else
-      s, e = month_bounds(pa, pb, now)
-      ps = month_bounds(pa, pb, s - 1)
-      local _
-      _, ne = month_bounds(pa, pb, e)
+      s, e, ps, ne = cal(pa, now)
     end
     local used, active, total = {}, {}, 0
     for j = 1, n do
@@ -263,6 +214,11 @@ local ai, ki = 2, 1
 while ai <= #ARGV do
   local a = {kind = ARGV[ai], limit = tonumber(ARGV[ai + 1]), pa = tonumber(ARGV[ai + 2]),
     pb = tonumber(ARGV[ai + 3]), cost = tonumber(ARGV[ai + 4])}
+  if a.kind == 'm' then
+    a.pa = {}
+    for v in string.gmatch(ARGV[ai + 2], '[^,]+') do table.insert(a.pa, tonumber(v)) end
+    if #a.pa ~= 6 then return redis.error_reply('calendar window needs 6 edges') end
+  end
   local ng = tonumber(ARGV[ai + 5])
   a.me = tonumber(ARGV[ai + 6])
   a.borrow = ARGV[ai + 7]

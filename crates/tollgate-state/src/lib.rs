@@ -16,11 +16,14 @@
 //! - [`Window::Second`], [`Window::Minute`], [`Window::Hour`], [`Window::Day`]: fixed windows
 //!   aligned to the UTC clock, i.e. to multiples of their length since the Unix epoch (a minute
 //!   window starts at `hh:mm:00.000`, a day window at 00:00 UTC).
-//! - [`Window::Month`]: a calendar month in a **fixed** UTC offset (e.g. `+120` minutes for
-//!   +02:00; no time-zone database, so daylight-saving changes are not followed) that starts at
-//!   00:00 local time on `renewal_day`. In months shorter than `renewal_day` the period starts on
+//! - [`Window::LocalDay`]: the calendar day of a [`Zone`] (a fixed UTC offset or an IANA zone
+//!   such as `Europe/Berlin`), from the first instant of the local day to the first instant of
+//!   the next: 24 hours, or 23/25 hours across a daylight-saving change.
+//! - [`Window::Month`]: a calendar month in a [`Zone`] that starts at the first instant (00:00
+//!   local time) of `renewal_day`. In months shorter than `renewal_day` the period starts on
 //!   that month's last day (renewal day 31 → April 30, February 28 or 29). `renewal_day` is
-//!   clamped to 1..=31.
+//!   clamped to 1..=31. Daylight-saving changes of an IANA zone are followed: the period
+//!   always renews at local midnight.
 //! - [`LimitSpec::Sliding`]: two-window approximation. Time is cut into sub-windows of
 //!   `window_ms` aligned to the epoch; the estimate at time `t` is
 //!   `ceil(prev × (window_ms − elapsed) / window_ms) + cur`, where `elapsed` is the time since
@@ -80,14 +83,20 @@
 //!
 //! Time: [`LocalStore`] uses the process clock (or an injected instant via
 //! [`LocalStore::check_all_at`]); [`RedisStore`] uses Redis' own clock (`TIME`) inside the
-//! script, so gateways with skewed clocks agree on window edges.
+//! script, so gateways with skewed clocks agree on window edges. Calendar windows
+//! ([`Window::LocalDay`], [`Window::Month`]) need the time-zone database, which Redis' Lua does
+//! not have: the gateway computes the window boundaries around its own clock (see
+//! [`algo::calendar_edges`]) and the script picks the window that contains Redis' time, so the
+//! edges still follow Redis' clock as long as the two clocks differ by less than a window.
 
 pub mod algo;
 pub mod local;
 pub mod redis;
+pub mod zone;
 
 pub use local::LocalStore;
 pub use redis::{RedisConfig, RedisStore};
+pub use zone::Zone;
 
 /// Calendar/clock alignment of a fixed window. See the crate docs for exact boundaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +105,12 @@ pub enum Window {
     Minute,
     Hour,
     Day,
+    /// The calendar day of a time zone (for UTC, [`Window::Day`] is the same window).
+    LocalDay {
+        zone: Zone,
+    },
     Month {
-        utc_offset_minutes: i32,
+        zone: Zone,
         renewal_day: u8,
     },
 }
@@ -266,6 +279,19 @@ impl Store {
         match self {
             Store::Local(s) => Ok(s.check_all(reqs)),
             Store::Redis(s) => s.check_all(reqs).await,
+        }
+    }
+
+    /// Gives back what [`Store::check_all`] charged `reqs` when the request then did not go
+    /// ahead (e.g. a concurrency limit refused it), so a request refused by one limit consumes
+    /// none of the others. See [`algo::refund`]; best effort across a window edge.
+    pub async fn refund(&self, reqs: &[LimitRequest]) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => {
+                s.refund(reqs);
+                Ok(())
+            }
+            Store::Redis(s) => s.refund(reqs).await.map(|_| ()),
         }
     }
 

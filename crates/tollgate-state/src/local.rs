@@ -201,6 +201,26 @@ impl LocalStore {
         out
     }
 
+    /// Gives back what [`LocalStore::check_all`] charged `reqs` (same requests, same costs)
+    /// when the request then did not go ahead; see [`algo::refund`] for what is given back.
+    /// A shared limit's units go back to the requester's group. Never fails.
+    pub fn refund(&self, reqs: &[LimitRequest]) {
+        self.refund_at(reqs, now_ms());
+    }
+
+    /// [`LocalStore::refund`] at an explicit instant.
+    pub fn refund_at(&self, reqs: &[LimitRequest], now_ms: u64) {
+        for r in reqs.iter().filter(|r| r.cost > 0) {
+            let key = refund_key(r);
+            let mut g = lock(&self.shards[self.shard_of(&key)]);
+            if let Some(e) = g.map.get_mut(&key).filter(|e| e.expires_at_ms > now_ms)
+                && let Some(state) = algo::refund(&r.spec, e.state, now_ms, r.cost)
+            {
+                e.state = state;
+            }
+        }
+    }
+
     /// Drops every key whose state has expired at `now_ms`. Returns how many were dropped.
     pub fn purge_expired(&self, now_ms: u64) -> usize {
         let mut dropped = 0;
@@ -299,6 +319,17 @@ enum Mode {
 /// Whether `r` is split into share groups (and so decided by [`algo::evaluate_shared`]).
 fn is_shared(r: &LimitRequest) -> bool {
     r.shares.as_ref().is_some_and(|s| !s.spec.groups.is_empty())
+}
+
+/// The counter key a request was charged to: its own, or its share group's.
+pub(crate) fn refund_key(r: &LimitRequest) -> String {
+    match &r.shares {
+        Some(s) if !s.spec.groups.is_empty() => {
+            let g = &s.spec.groups[s.group.min(s.spec.groups.len() - 1)];
+            crate::group_key(&r.key, &g.name)
+        }
+        _ => r.key.clone(),
+    }
 }
 
 /// Evaluates one request against the states `current` returns for its counter keys `ks`;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{LimitSpec, Window};
+use crate::{LimitSpec, Window, Zone};
 
 fn req(key: &str, spec: LimitSpec, cost: u64) -> LimitRequest {
     LimitRequest {
@@ -99,7 +99,7 @@ fn persistence_round_trip_keeps_long_windows_only() {
         fixed(
             1_000,
             Window::Month {
-                utc_offset_minutes: 120,
+                zone: Zone::Fixed(120),
                 renewal_day: 15,
             },
         ),
@@ -316,4 +316,30 @@ fn peek_noting_refusals_charges_nothing_but_marks_a_refused_group() {
     // Refused: acme's demand is noted, so next minute its 25 are reserved.
     assert!(!store.peek_all_noting_refusals_at(std::slice::from_ref(&r[0]), t)[0].allowed);
     assert_eq!(drain_at(&store, &r[1], t + 60_000), 75);
+}
+
+#[test]
+fn refunds_give_back_within_the_window_only() {
+    let store = LocalStore::new();
+    let t = 3_600_000 * 500 + 10;
+    let r = req("api:hour", fixed(2, Window::Hour), 2);
+    assert!(store.check_all_at(std::slice::from_ref(&r), t)[0].allowed);
+    store.refund_at(&[req("api:hour", fixed(2, Window::Hour), 1)], t + 5);
+    let peek = [req("api:hour", fixed(2, Window::Hour), 0)];
+    assert_eq!(store.peek_all_at(&peek, t + 6)[0].remaining, 1);
+    // The window the charge went to has ended: nothing to give back, the new one is untouched.
+    assert!(store.check_all_at(&[req("api:hour", fixed(2, Window::Hour), 1)], t + 7)[0].allowed);
+    store.refund_at(&[req("api:hour", fixed(2, Window::Hour), 2)], t + 3_600_000);
+    assert_eq!(store.peek_all_at(&peek, t + 3_600_001)[0].remaining, 2);
+    assert!(
+        store.check_all_at(&[req("api:hour", fixed(2, Window::Hour), 2)], t + 3_600_002)[0].allowed
+    );
+    store.refund_at(
+        &[req("api:hour", fixed(2, Window::Hour), 1)],
+        t + 2 * 3_600_000,
+    );
+    assert_eq!(store.peek_all_at(&peek, t + 2 * 3_600_000)[0].remaining, 2);
+    // A key never charged stays absent.
+    store.refund_at(&[req("api:never", fixed(2, Window::Hour), 1)], t);
+    assert_eq!(store.len(), 1);
 }

@@ -9,15 +9,16 @@
 //!
 //! Every call is bounded by a short timeout (default 50 ms); a timeout or connection failure is
 //! [`StoreError::Unavailable`] so the caller can fail open or closed per limit.
+//!
+//! One server (plain or TLS), Sentinel and Cluster connect as described in `redis_conn.rs`;
+//! the scripts and keys are the same for all three.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 use crate::algo::emission_interval_us;
-use crate::{Borrow, Decision, LimitRequest, LimitSpec, StoreError, Window};
+use crate::{Borrow, Decision, LimitRequest, LimitSpec, StoreError};
 
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("check_all.lua")));
@@ -25,8 +26,15 @@ static SCRIPT: LazyLock<redis::Script> =
 /// Connection settings for [`RedisStore`].
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL; may carry credentials, so it is never printed.
-    pub url: String,
+    /// Where Redis is: one server (`redis://`/`rediss://` URL), Sentinel or Cluster. URLs and
+    /// passwords may carry credentials, so they are never printed.
+    pub topology: Topology,
+    /// `Some`: TLS for every connection, with these (optional) CA and client certificate.
+    /// A `rediss://` URL uses TLS with the system's roots when this is `None`.
+    pub tls: Option<TlsPem>,
+    /// ACL user and password of the data nodes; override what a URL carries.
+    pub username: Option<String>,
+    pub password: Option<String>,
     /// Upper bound for one decision (connect included). Default 50 ms.
     pub timeout: Duration,
     /// First part of the hash tag; lets tests and tenants share one Redis. Default `tollgate`.
@@ -34,9 +42,17 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
+    /// A single server at `url` (`redis://` or `rediss://`).
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_topology(Topology::Single { url: url.into() })
+    }
+
+    pub fn with_topology(topology: Topology) -> Self {
         Self {
-            url: url.into(),
+            topology,
+            tls: None,
+            username: None,
+            password: None,
             timeout: Duration::from_millis(50),
             prefix: "tollgate".to_owned(),
         }
@@ -45,19 +61,26 @@ impl RedisConfig {
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.topology {
+            Topology::Single { .. } => "single",
+            Topology::Sentinel { .. } => "sentinel",
+            Topology::Cluster { .. } => "cluster",
+        };
         f.debug_struct("RedisConfig")
-            .field("url", &"<redacted>")
+            .field("topology", &kind)
+            .field("tls", &self.tls.is_some())
             .field("timeout", &self.timeout)
             .field("prefix", &self.prefix)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-/// Redis-backed counter store. Cheap to clone (the connection manager multiplexes one
-/// connection and reconnects on its own after failures).
+/// Redis-backed counter store. Cheap to clone (one multiplexed connection per server, which
+/// reconnects on its own after failures; see `redis_conn.rs` for each topology).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
+    probe: Arc<Probe>,
     timeout: Duration,
     prefix: Arc<str>,
 }
@@ -72,7 +95,21 @@ impl fmt::Debug for RedisStore {
 }
 
 fn map_err(e: redis::RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    use redis::ServerErrorKind as K;
+    // A demoted master (`READONLY`), a cluster without quorum or mid-failover, and a server still
+    // loading its data are outages of the store, not protocol faults.
+    let unavailable_reply = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(
+            K::ReadOnly | K::ClusterDown | K::TryAgain | K::MasterDown | K::BusyLoading
+        )
+    );
+    if unavailable_reply
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+    {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Protocol(e.to_string())
@@ -83,21 +120,31 @@ impl RedisStore {
     /// Creates the store without connecting: the first decision connects (within its
     /// timeout), so a gateway starts even while Redis is down. Must run inside a tokio runtime.
     pub async fn new(cfg: RedisConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|_| StoreError::Invalid("redis url is not valid".into()))?;
-        let mgr_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            // Reconnection runs in the background; keep its back-off short so recovery after
-            // an outage is quick, and each caller is bounded by `timeout` anyway.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg).map_err(map_err)?;
+        let (conn, probe) = Conn::new(ConnSpec::from(&cfg))?;
         Ok(Self {
             conn,
+            probe: Arc::new(probe),
             timeout: cfg.timeout,
             prefix: cfg.prefix.into(),
         })
+    }
+
+    /// Checks the settings (addresses parse, TLS material is usable) without connecting.
+    pub fn check(cfg: RedisConfig) -> Result<(), StoreError> {
+        Conn::check(&ConnSpec::from(&cfg))
+    }
+
+    /// Why the store cannot be reached, from a fresh connection attempt (`Ok`: it can now).
+    /// For logs after failures: the managed connection only shows callers a timeout while it
+    /// retries in the background. Takes up to a few timeouts; not for the request path.
+    pub async fn diagnose(&self) -> Result<(), String> {
+        self.probe.check().await
+    }
+
+    /// After a failure: lets the connection look for the server again (Sentinel asks the
+    /// sentinels for the current master, in the background). Cheap; no-op otherwise.
+    pub fn refresh_topology(&self) {
+        self.conn.refresh();
     }
 
     /// Decides and charges all limits atomically (see the crate docs).
@@ -141,17 +188,17 @@ impl RedisStore {
             }
             match r.spec {
                 LimitSpec::FixedWindow { limit, window } => {
-                    let (kind, a, b): (&str, i64, i64) = match window {
-                        Window::Second => ("f", 1_000, 0),
-                        Window::Minute => ("f", 60_000, 0),
-                        Window::Hour => ("f", 3_600_000, 0),
-                        Window::Day => ("f", 86_400_000, 0),
-                        Window::Month {
-                            utc_offset_minutes,
-                            renewal_day,
-                        } => ("m", utc_offset_minutes.into(), renewal_day.into()),
-                    };
-                    inv.arg(kind).arg(limit).arg(a).arg(b);
+                    match crate::algo::aligned_len_ms(window) {
+                        Some(len) => {
+                            inv.arg("f").arg(limit).arg(len).arg(0);
+                        }
+                        None => {
+                            // Calendar windows: the edges around this gateway's clock; the
+                            // script picks the window by Redis' clock (algo::calendar_edges).
+                            let edges = crate::algo::calendar_edges(window, crate::local::now_ms());
+                            inv.arg("m").arg(limit).arg(edges_arg(&edges)).arg(0);
+                        }
+                    }
                 }
                 LimitSpec::Sliding { limit, window_ms } => {
                     inv.arg("s").arg(limit).arg(window_ms.max(1)).arg(0);
@@ -212,8 +259,39 @@ impl RedisStore {
     }
 }
 
+/// Calendar window edges as one script argument, `e1,e2,...` in epoch ms.
+fn edges_arg(edges: &[u64]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(edges.len() * 14);
+    for (i, e) in edges.iter().enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        let _ = write!(out, "{sep}{e}");
+    }
+    out
+}
+
+#[path = "redis_conn.rs"]
+mod conn;
+use conn::{Conn, ConnSpec, Probe};
+pub use conn::{TlsPem, Topology};
+
+impl From<&RedisConfig> for ConnSpec {
+    fn from(cfg: &RedisConfig) -> Self {
+        ConnSpec {
+            topology: cfg.topology.clone(),
+            tls: cfg.tls.clone(),
+            username: cfg.username.clone(),
+            password: cfg.password.clone(),
+            timeout: cfg.timeout,
+        }
+    }
+}
+
 #[path = "redis_fleet.rs"]
 mod fleet;
 
 #[path = "redis_backoff.rs"]
 mod backoff;
+
+#[path = "redis_refund.rs"]
+mod refund;

@@ -1,7 +1,9 @@
 //! Provider back-off shared through Redis: when one gateway learns that a provider's rate limit
 //! is exhausted it records `<prefix>:{<api>}:backoff` with a `PX` expiry of the back-off, and
 //! every gateway reads the time left (`PTTL`), so all replicas stop sending until the reset.
-//! A write never shortens a longer back-off already recorded.
+//! A write never shortens a longer back-off already recorded. A credential key's back-off is
+//! `<prefix>:{<api>}:backoff:<key>`, in the same hash slot, so one call reads an API's and all
+//! its keys' back-offs.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -19,6 +21,16 @@ if left < want then
   return want
 end
 return left
+",
+    )
+});
+
+static LEFT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('PTTL', KEYS[i]) end
+return out
 ",
     )
 });
@@ -59,5 +71,34 @@ impl RedisStore {
             .ok()
             .filter(|&m| m > 0)
             .map(Duration::from_millis))
+    }
+
+    /// Time left of each back-off recorded under `redis_keys` (all of one API, so one hash
+    /// slot), in order; `None` where there is none.
+    pub async fn backoffs_left(
+        &self,
+        redis_keys: &[String],
+    ) -> Result<Vec<Option<Duration>>, StoreError> {
+        if redis_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = LEFT.prepare_invoke();
+        for k in redis_keys {
+            inv.key(k);
+        }
+        let mut conn = self.conn.clone();
+        let ms: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(map_err)?;
+        Ok(ms
+            .into_iter()
+            .map(|m| {
+                u64::try_from(m)
+                    .ok()
+                    .filter(|&m| m > 0)
+                    .map(Duration::from_millis)
+            })
+            .collect())
     }
 }

@@ -73,15 +73,16 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            // All of a group's keys share its hash tag, hence one node in a Cluster.
             let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
                 self.timeout.max(Duration::from_millis(500)),
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn),
+                conn.query_on_slot(scan, &tag),
             )
             .await
             .map_err(|_| StoreError::Unavailable("SCAN did not answer in time".into()))?

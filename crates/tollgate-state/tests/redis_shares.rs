@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tollgate_state::algo::{CounterState, civil_from_days, window_bounds};
 use tollgate_state::{
     Borrow, LimitRequest, LimitSpec, LocalStore, RedisConfig, RedisStore, ShareGroup, ShareOf,
-    ShareSpec, Store, Window,
+    ShareSpec, Store, Window, Zone,
 };
 
 const URL: &str = "redis://127.0.0.1:6379/";
@@ -72,7 +72,7 @@ fn safe_month(limit: u64) -> LimitSpec {
     LimitSpec::FixedWindow {
         limit,
         window: Window::Month {
-            utc_offset_minutes: 0,
+            zone: Zone::Fixed(0),
             renewal_day: if d <= 14 { 20 } else { 5 },
         },
     }

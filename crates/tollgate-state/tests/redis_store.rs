@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_state::algo::{civil_from_days, window_bounds};
-use tollgate_state::{LimitRequest, LimitSpec, RedisConfig, RedisStore, Store, StoreError, Window};
+use tollgate_state::{
+    LimitRequest, LimitSpec, RedisConfig, RedisStore, Store, StoreError, Window, Zone,
+};
 
 const URL: &str = "redis://127.0.0.1:6379/";
 
@@ -47,7 +49,7 @@ fn safe_month(limit: u64) -> LimitSpec {
     LimitSpec::FixedWindow {
         limit,
         window: Window::Month {
-            utc_offset_minutes: 0,
+            zone: Zone::Fixed(0),
             renewal_day: if d <= 14 { 20 } else { 5 },
         },
     }
@@ -189,7 +191,7 @@ async fn gcra_and_calendar_agree_with_local_algorithms() {
     // process share the machine clock).
     for (off, rd) in [(0, 1), (120, 15), (-300, 31), (330, 29)] {
         let window = Window::Month {
-            utc_offset_minutes: off,
+            zone: Zone::Fixed(off),
             renewal_day: rd,
         };
         let r = req("api:m", LimitSpec::FixedWindow { limit: 5, window }, 0);

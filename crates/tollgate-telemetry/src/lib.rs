@@ -17,6 +17,6 @@ pub use access_log::{AccessLog, AccessRecord, DEFAULT_CAPACITY as ACCESS_LOG_DEF
 pub use logging::{LOG_ENV, init_tracing};
 pub use metrics::{
     ActiveGuard, CONTENT_TYPE as METRICS_CONTENT_TYPE, DURATION_BUCKETS_SECONDS, GaugeHandle,
-    Metrics, RequestObservation,
+    Metrics, RequestObservation, TargetHandles,
 };
 pub use redact::{REDACTED, redact_query};

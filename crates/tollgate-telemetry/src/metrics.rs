@@ -14,6 +14,9 @@ mod histogram;
 mod limit_store;
 mod outcomes;
 mod queueing;
+mod trace_export;
+mod upstreams;
+mod usage;
 
 use std::fmt;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use handle_cache::HandleCache;
 pub use histogram::DURATION_BUCKETS_SECONDS;
 use histogram::DurationHistogram;
 pub use queueing::GaugeHandle;
+pub use upstreams::TargetHandles;
 
 /// Content type of [`Metrics::encode`]'s output, for the `/metrics` response.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -183,7 +187,10 @@ pub struct Metrics {
     cache: cache::CacheMetrics,
     discovery: discovery::DiscoveryMetrics,
     control: control::ControlMetrics,
+    usage: usage::UsageMetrics,
     outcomes: outcomes::OutcomeMetrics,
+    trace_export: trace_export::TraceMetrics,
+    upstreams: upstreams::UpstreamMetrics,
 }
 
 /// Retries, circuit breaker and provider back-off (rare events: no handle cache needed).
@@ -369,7 +376,10 @@ impl Metrics {
         let cache = cache::CacheMetrics::register(&mut registry);
         let discovery = discovery::DiscoveryMetrics::register(&mut registry);
         let control = control::ControlMetrics::register(&mut registry);
+        let usage = usage::UsageMetrics::register(&mut registry);
         let outcomes = outcomes::OutcomeMetrics::register(&mut registry);
+        let trace_export = trace_export::TraceMetrics::register(&mut registry);
+        let upstreams = upstreams::UpstreamMetrics::register(&mut registry);
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -411,7 +421,10 @@ impl Metrics {
             cache,
             discovery,
             control,
+            usage,
             outcomes,
+            trace_export,
+            upstreams,
         }
     }
 

@@ -20,8 +20,9 @@ pub struct ControlPlaneArgs {
     /// HTTPS listen address.
     #[arg(long, env = "TOLLGATE_CP_LISTEN", default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
-    /// PostgreSQL URL (`postgres://user:pass@host:5432/db`, no TLS) for several replicas on one
-    /// database; the embedded SQLite database under --data-dir is used when omitted.
+    /// PostgreSQL URL (`postgres://user:pass@host:5432/db?sslmode=verify-full&sslrootcert=ca.pem`)
+    /// for several replicas on one database; the embedded SQLite database under --data-dir is
+    /// used when omitted.
     #[arg(long, env = "TOLLGATE_CP_DATABASE_URL")]
     database_url: Option<String>,
     /// PEM certificate chain to serve instead of the generated self-signed one (with --tls-key).
@@ -30,6 +31,11 @@ pub struct ControlPlaneArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Do not serve: write a restorable copy of --data-dir (consistent SQLite snapshot, signing
+    /// key, generated TLS identity) to this new directory and exit. Safe while a control plane
+    /// serves from the same data directory. (PostgreSQL: use pg_dump.)
+    #[arg(long, value_name = "DIR", conflicts_with = "database_url")]
+    backup_to: Option<PathBuf>,
 }
 
 pub fn main(args: ControlPlaneArgs) -> ExitCode {
@@ -38,6 +44,18 @@ pub fn main(args: ControlPlaneArgs) -> ExitCode {
         Err(code) => return code,
     };
     tollgate_telemetry::init_tracing("info");
+    if let Some(out) = &args.backup_to {
+        return match tollgate_control::server::backup(&args.data_dir, out) {
+            Ok(()) => {
+                println!("backed up {} to {}", args.data_dir.display(), out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: backup failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     runtime.block_on(async move {
         let cfg = ServerConfig {
             data_dir: args.data_dir,

@@ -61,6 +61,15 @@ enum CpCommand {
         #[command(subcommand)]
         command: OperatorsCommand,
     },
+    /// Rollouts: canary first, then promote or roll back.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Fleet usage by time bucket: requests, errors, 429s, latency percentiles, bytes.
+    Usage(crate::cp_usage::UsageArgs),
+    /// Audit events from the gateways: denials, limit breaches, DLP hits, config applied.
+    Events(crate::cp_usage::EventsArgs),
     /// Print the audit log, newest first (who, when, what).
     Audit {
         /// How many records (1-1000).
@@ -72,12 +81,51 @@ enum CpCommand {
 #[derive(Debug, Subcommand)]
 enum OperatorsCommand {
     /// Create an operator token NAME with --role admin or viewer (read-only); prints the token
-    /// once.
+    /// once. `--group G` (viewer only) limits it to one group's data.
     Create {
         name: String,
         #[arg(long, value_parser = ["admin", "viewer"])]
         role: String,
+        /// Viewer scoped to this group: sees nothing of any other group.
+        #[arg(long)]
+        group: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Roll VERSION (published with `configs publish --no-assign`) out to GROUP's canaries:
+    /// `--canary 20%` of the gateways (stable hash of the id) and/or those with
+    /// `--canary-labels ring=canary`.
+    Start {
+        group: String,
+        /// The published version to roll out.
+        #[arg(value_name = "VERSION")]
+        config_version: u64,
+        /// Share of the candidate gateways, e.g. `20%` (default 100% of the candidates).
+        #[arg(long, value_parser = parse_percent)]
+        canary: Option<u8>,
+        /// Candidates: gateways carrying all these labels (repeatable KEY=VALUE).
+        #[arg(long = "canary-labels", value_parser = parse_label)]
+        canary_labels: Vec<(String, String)>,
+    },
+    /// Give the rollout's version to every gateway of GROUP.
+    Promote { group: String },
+    /// Return GROUP's canaries to the previous configuration (signed as a new version).
+    Rollback { group: String },
+    /// GROUP's version, rollout and, per gateway, canary membership and drift.
+    Status { group: String },
+}
+
+fn parse_percent(s: &str) -> Result<u8, String> {
+    let n: u8 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a percentage like 20%"))?;
+    if n == 0 || n > 100 {
+        return Err(format!("{s:?}: must be 1-100%"));
+    }
+    Ok(n)
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,9 +149,22 @@ enum TokensCommand {
 #[derive(Debug, Subcommand)]
 enum ConfigsCommand {
     /// Validate FILE on the control plane, then sign, store and assign it to GROUP.
-    Publish { group: String, file: PathBuf },
+    Publish {
+        group: String,
+        file: PathBuf,
+        /// Store and sign only; roll it out later with `tollgate cp rollout start`.
+        #[arg(long)]
+        no_assign: bool,
+    },
     /// List GROUP's versions.
     List { group: String },
+    /// Assign a copy of VERSION's configuration to all of GROUP as a new version (going back
+    /// after a promote: gateways refuse older version numbers).
+    Restore {
+        group: String,
+        #[arg(value_name = "VERSION")]
+        from: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,20 +272,27 @@ async fn run(args: CpArgs) -> anyhow::Result<()> {
             println!("{}", v["token"].as_str().unwrap_or_default());
         }
         CpCommand::Configs {
-            command: ConfigsCommand::Publish { group, file },
+            command:
+                ConfigsCommand::Publish {
+                    group,
+                    file,
+                    no_assign,
+                },
         } => {
             let yaml =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let query = if no_assign { "?assign=false" } else { "" };
             let v = call(
                 Method::POST,
-                format!("/v1/groups/{group}/configs"),
+                format!("/v1/groups/{group}/configs{query}"),
                 Some(yaml),
             )
             .await?;
             println!(
-                "published {} to {group} as version {}",
+                "published {} to {group} as version {}{}",
                 file.display(),
-                v["version"]
+                v["version"],
+                if no_assign { " (not assigned)" } else { "" }
             );
         }
         CpCommand::Configs {
@@ -264,16 +332,23 @@ async fn run(args: CpArgs) -> anyhow::Result<()> {
                     g["name"].as_str().unwrap_or_default(),
                     g["group"].as_str().unwrap_or_default(),
                     g["applied_version"].as_u64().unwrap_or(0),
-                    g["group_version"].as_u64().unwrap_or(0),
+                    format!(
+                        "{}{}",
+                        if g["drift"] == true { "*" } else { "" },
+                        g["assigned_version"].as_u64().unwrap_or(0)
+                    ),
                     health,
                     g["last_seen"].as_u64().unwrap_or(0)
                 );
             }
         }
         CpCommand::Operators {
-            command: OperatorsCommand::Create { name, role },
+            command: OperatorsCommand::Create { name, role, group },
         } => {
-            let body = serde_json::json!({"name": name, "role": role});
+            let mut body = serde_json::json!({"name": name, "role": role});
+            if let Some(g) = group {
+                body["group"] = g.into();
+            }
             let v = call(
                 Method::POST,
                 "/v1/operator-tokens".into(),
@@ -282,6 +357,72 @@ async fn run(args: CpArgs) -> anyhow::Result<()> {
             .await?;
             println!("{}", v["token"].as_str().unwrap_or_default());
         }
+        CpCommand::Configs {
+            command: ConfigsCommand::Restore { group, from },
+        } => {
+            let v = call(
+                Method::POST,
+                format!("/v1/groups/{group}/configs/{from}/restore"),
+                None,
+            )
+            .await?;
+            println!(
+                "restored version {from} of {group} as version {}",
+                v["version"]
+            );
+        }
+        CpCommand::Rollout { command } => {
+            let (group, v) = match command {
+                RolloutCommand::Start {
+                    group,
+                    config_version: version,
+                    canary,
+                    canary_labels,
+                } => {
+                    let labels: serde_json::Map<String, serde_json::Value> = canary_labels
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into()))
+                        .collect();
+                    let body = serde_json::json!({
+                        "version": version,
+                        "canary_percent": canary.unwrap_or(100),
+                        "canary_labels": labels,
+                    });
+                    let v = call(
+                        Method::POST,
+                        format!("/v1/groups/{group}/rollout"),
+                        Some(body.to_string().into_bytes()),
+                    )
+                    .await?;
+                    (group, v)
+                }
+                RolloutCommand::Promote { group } => {
+                    let v = call(
+                        Method::POST,
+                        format!("/v1/groups/{group}/rollout/promote"),
+                        None,
+                    )
+                    .await?;
+                    (group, v)
+                }
+                RolloutCommand::Rollback { group } => {
+                    let v = call(
+                        Method::POST,
+                        format!("/v1/groups/{group}/rollout/rollback"),
+                        None,
+                    )
+                    .await?;
+                    (group, v)
+                }
+                RolloutCommand::Status { group } => {
+                    let v = call(Method::GET, format!("/v1/groups/{group}/rollout"), None).await?;
+                    (group, v)
+                }
+            };
+            print_rollout(&group, &v);
+        }
+        CpCommand::Usage(a) => crate::cp_usage::usage(&client, token, a).await?,
+        CpCommand::Events(a) => crate::cp_usage::events(&client, token, a).await?,
         CpCommand::Audit { limit } => {
             let v = call(Method::GET, format!("/v1/audit?limit={limit}"), None).await?;
             for e in v.as_array().into_iter().flatten() {
@@ -303,4 +444,52 @@ async fn run(args: CpArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a `RolloutStatus`: the group's version, the rollout, then one line per gateway.
+fn print_rollout(group: &str, v: &serde_json::Value) {
+    println!(
+        "group {group}: version {}",
+        v["group_version"].as_u64().unwrap_or(0)
+    );
+    let r = &v["rollout"];
+    if r.is_object() {
+        let share = r["canary_percent"].as_u64().unwrap_or(0);
+        let labels = match r["canary_labels"].as_object() {
+            Some(m) if !m.is_empty() => format!(" of gateways labelled {}", r["canary_labels"]),
+            _ => String::new(),
+        };
+        println!(
+            "rollout #{}: version {} (from {}), canary {share}%{labels}, {}; started by {} at {}, last change by {} at {}{}",
+            r["id"],
+            r["version"],
+            r["base_version"],
+            r["state"].as_str().unwrap_or_default(),
+            r["started_by"].as_str().unwrap_or_default(),
+            r["started_at_ms"],
+            r["updated_by"].as_str().unwrap_or_default(),
+            r["updated_at_ms"],
+            match r["rollback_version"].as_u64() {
+                Some(b) => format!("; old configuration re-issued as version {b}"),
+                None => String::new(),
+            }
+        );
+    } else {
+        println!("no rollout");
+    }
+    println!(
+        "{:<20} {:<20} {:<6} {:>8} {:>7} DRIFT",
+        "ID", "NAME", "CANARY", "ASSIGNED", "APPLIED"
+    );
+    for g in v["gateways"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<20} {:<6} {:>8} {:>7} {}",
+            g["id"].as_str().unwrap_or_default(),
+            g["name"].as_str().unwrap_or_default(),
+            if g["canary"] == true { "yes" } else { "" },
+            g["assigned_version"].as_u64().unwrap_or(0),
+            g["applied_version"].as_u64().unwrap_or(0),
+            if g["drift"] == true { "drift" } else { "" }
+        );
+    }
 }

@@ -3,6 +3,7 @@
 mod ca;
 mod control_plane;
 mod cp;
+mod cp_usage;
 mod discover;
 mod explain;
 mod limits_cli;

@@ -45,6 +45,23 @@ pub struct ManagedArgs {
     /// Label reported at enrollment, KEY=VALUE (repeatable).
     #[arg(long = "label", requires = "control_plane", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// How often usage is drained into the on-disk buffer and uploaded, in seconds.
+    #[arg(long, requires = "control_plane", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub usage_interval: u64,
+    /// Bound of the on-disk usage buffer (`<state-dir>/usage/`) in bytes; past it the oldest
+    /// unsent batches are deleted and counted (tollgate_usage_buffer_evicted_total).
+    #[arg(long, requires = "control_plane", default_value_t = agent::usage::DEFAULT_MAX_BYTES)]
+    pub usage_buffer_max_bytes: u64,
+}
+
+impl ManagedArgs {
+    /// The usage pipeline settings.
+    pub fn usage_options(&self) -> agent::usage::UsageOptions {
+        agent::usage::UsageOptions {
+            interval: std::time::Duration::from_secs(self.usage_interval),
+            max_bytes: self.usage_buffer_max_bytes,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

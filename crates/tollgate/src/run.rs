@@ -114,9 +114,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         own.clone(),
         initial_version,
     );
+    let mut usage_agent = None;
     let _agent_task = match managed {
         // Managed: the agent applies new bundles; a local reload has nothing to load.
         Some((agent, signed, from_backup)) => {
+            // Usage and audit events for the control plane (aggregated per request, buffered
+            // on disk, uploaded exactly once; see tollgate-control agent/usage.rs).
+            let usage = Arc::new(tollgate_proxy::usage::Usage::new());
+            gateway.usage.store(Some(Arc::clone(&usage)));
+            agent
+                .spawn_usage(usage, Arc::clone(&gateway), args.managed.usage_options())
+                .context("cannot open the usage buffer in --state-dir")?;
+            usage_agent = Some(Arc::clone(&agent));
             agent.started_with(&signed, from_backup);
             Some(agent.spawn(Arc::clone(&reloader)))
         }
@@ -178,6 +187,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(g) = gateway.global.load_full() {
         g.leave().await;
+    }
+    // The last interval's usage goes to the disk buffer; the next start uploads it.
+    if let Some(agent) = &usage_agent
+        && let Err(e) = agent.flush_usage()
+    {
+        tracing::error!(error = %e, "cannot buffer the last usage at shutdown");
+    }
+    // Spans of the last requests are still queued: send them (bounded, the collector may be down).
+    if let Some(t) = gateway.tracer.load_full()
+        && !t.flush(std::time::Duration::from_secs(5)).await
+    {
+        tracing::warn!("span export did not finish within 5s at shutdown; the rest is dropped");
     }
     access_log.flush();
     tracing::info!("stopped");

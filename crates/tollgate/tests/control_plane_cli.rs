@@ -177,10 +177,10 @@ fn operator_flow_through_the_cli() {
         .map(str::to_owned);
     let row = row.unwrap_or_else(|| panic!("{} not listed: {}", id, stdout(&o)));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    // id, name, group, applied, assigned (drift: nothing applied yet), health
+    // id, name, group, applied, assigned ("*": drift, nothing applied yet), health
     assert_eq!(
         &cols[1..6],
-        ["edge-1", "acme", "0", "1", "unhealthy"],
+        ["edge-1", "acme", "0", "*1", "unhealthy"],
         "{row}"
     );
     let o = cp(&server, &admin, &["gateways", "revoke", id]);

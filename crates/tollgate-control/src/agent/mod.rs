@@ -23,9 +23,11 @@
 //! (see `tollgate run`): it has no policy to enforce and no listen addresses of its own, so it
 //! waits for the first valid bundle, logging that it is not configured.
 
+pub mod buffer;
 pub mod check;
 pub mod client;
 pub mod store;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -123,6 +125,8 @@ pub struct Agent {
     status_interval: Duration,
     started_at: u64,
     shared: Mutex<Shared>,
+    /// The usage pipeline, once started (usage.rs).
+    usage: std::sync::OnceLock<usage::Pipeline>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -215,6 +219,7 @@ impl Agent {
             status_interval: opts.status_interval,
             started_at: unix_now(),
             shared: Mutex::new(Shared::default()),
+            usage: std::sync::OnceLock::new(),
         }))
     }
 
@@ -348,6 +353,7 @@ impl Agent {
         if !from_backup {
             self.save_backup(signed);
         }
+        self.usage_event("config_applied", &b.version.to_string());
         tracing::info!(bundle.version = b.version, bundle.from_backup = from_backup, gateway.group = %b.group, "serving control-plane configuration");
     }
 
@@ -481,6 +487,7 @@ impl Agent {
                     s.last_rejected = None;
                 }
                 self.save_backup(signed);
+                self.usage_event("config_applied", &b.version.to_string());
                 tracing::info!(bundle.version = b.version, gateway.group = %b.group, "applied control-plane configuration");
                 self.report_status().await;
                 true

@@ -17,12 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sha2::{Digest as _, Sha256};
 
-use super::store::{GatewayAuth, NewVersion, Operator, Role, StoreError};
-use super::{AppState, hash_token, random_token, unix_now, unix_now_ms};
-use crate::bundle::{Bundle, SignedBundle, sign};
+use super::store::{GatewayAuth, Operator, Role, StoreError};
+use super::{AppState, hash_token, random_token, unix_now};
+use crate::bundle::{SignedBundle, sign};
 use crate::protocol::{
     ApiError, ConfigQuery, CreateGroup, CreateOperatorToken, EnrollRequest, EnrollResponse,
-    MAX_WAIT_SECS, PublishResponse, StatusReport, TokenResponse,
+    MAX_WAIT_SECS, PublishResponse, RolloutStatus, StartRollout, StatusReport, TokenResponse,
 };
 
 type St = State<Arc<AppState>>;
@@ -38,11 +38,23 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
             post(create_enrollment_token),
         )
         .route("/v1/groups/{g}/configs", post(publish).get(list_versions))
+        .route(
+            "/v1/groups/{g}/rollout",
+            post(rollout_start).get(rollout_status),
+        )
+        .route("/v1/groups/{g}/configs/{v}/restore", post(restore))
+        .route("/v1/groups/{g}/rollout/promote", post(rollout_promote))
+        .route("/v1/groups/{g}/rollout/rollback", post(rollout_rollback))
         .route("/v1/gateways", get(list_gateways))
         .route("/v1/gateways/{id}/revoke", post(revoke))
         .route("/v1/operator-tokens", post(create_operator_token))
         .route("/v1/audit", get(audit))
         .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(super::dashboard::router())
+        .merge(super::usage::router())
+        .merge(super::alerts::router())
         .fallback(|| async { Fail::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         // Config YAML can be large-ish; anything beyond this is not a gateway config.
         .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024))
@@ -50,10 +62,10 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
 }
 
 /// An error response.
-pub(super) struct Fail(StatusCode, ApiError);
+pub(crate) struct Fail(StatusCode, ApiError);
 
 impl Fail {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Fail {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Fail {
         Fail(
             status,
             ApiError {
@@ -83,6 +95,8 @@ impl From<StoreError> for Fail {
         match e {
             StoreError::Conflict(m) => Fail::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::NotFound(m) => Fail::new(StatusCode::NOT_FOUND, "not_found", m),
+            StoreError::State(m) => Fail::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Invalid(m) => Fail::new(StatusCode::BAD_REQUEST, "bad_request", m),
             other => {
                 tracing::error!(error = %other, "control plane store failed");
                 Fail::new(
@@ -101,7 +115,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, Fail> {
+/// Authenticates an operator token (any role, scoped or not).
+pub(crate) async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, Fail> {
     let token = bearer(headers).ok_or_else(Fail::unauthorized)?;
     state
         .store
@@ -110,7 +125,8 @@ async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, Fai
         .ok_or_else(Fail::unauthorized)
 }
 
-async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Operator, Fail> {
+/// Authenticates an admin operator token (403 for viewers).
+pub(crate) async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Operator, Fail> {
     let op = operator(state, headers).await?;
     if op.role != Role::Admin {
         return Err(Fail::new(
@@ -122,7 +138,22 @@ async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Operator, Fail> 
     Ok(op)
 }
 
-async fn gateway(state: &AppState, headers: &HeaderMap) -> Result<GatewayAuth, Fail> {
+/// The one check every read handler makes for a per-group resource: a group-scoped viewer
+/// asking for another group's gateways, versions, rollout, audit or usage gets 403 (lists are
+/// filtered with [`Operator::sees_group`] instead).
+pub(crate) fn require_group(op: &Operator, group: &str) -> Result<(), Fail> {
+    if op.sees_group(group) {
+        Ok(())
+    } else {
+        Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("operator {:?} may only see its own group", op.name),
+        ))
+    }
+}
+
+pub(crate) async fn gateway(state: &AppState, headers: &HeaderMap) -> Result<GatewayAuth, Fail> {
     let token = bearer(headers).ok_or_else(Fail::unauthorized)?;
     match state.store.gateway_by_hash(hash_token(token)).await? {
         Some(g) if !g.revoked => Ok(g),
@@ -208,7 +239,7 @@ async fn gateway_config(
         .ok_or_else(|| internal("watch registry poisoned"))?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if let Some((version, bundle)) = state.store.assigned_bundle(gw.group.clone()).await?
+        if let Some((version, bundle)) = super::rollout::bundle_for(&state, &gw).await?
             && version > q.after
         {
             let bundle = fresh(&state, bundle)?;
@@ -249,6 +280,15 @@ async fn gateway_status(
 ) -> Result<StatusCode, Fail> {
     let gw = gateway(&state, &headers).await?;
     let Json(report) = report.map_err(bad_json)?;
+    // Versions are stored as BIGINT; a report can move the group's next version number forward
+    // (see `next_version`), so keep it far from overflowing.
+    if report.applied_version > (i64::MAX / 2) as u64 {
+        return Err(Fail::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "applied_version out of range",
+        ));
+    }
     let last_error = report
         .last_error
         .map(|e| e.chars().take(2000).collect::<String>());
@@ -290,8 +330,10 @@ async fn create_group(
 }
 
 async fn list_groups(State(state): St, headers: HeaderMap) -> Result<Response, Fail> {
-    operator(&state, &headers).await?;
-    Ok(Json(state.store.groups().await?).into_response())
+    let op = operator(&state, &headers).await?;
+    let mut groups = state.store.groups().await?;
+    groups.retain(|g| op.sees_group(&g.name));
+    Ok(Json(groups).into_response())
 }
 
 async fn create_enrollment_token(
@@ -328,17 +370,26 @@ async fn create_operator_token(
             "role must be admin or viewer",
         )
     })?;
+    if req.group.is_some() && role != Role::Viewer {
+        return Err(Fail::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "only viewer tokens can be scoped to a group",
+        ));
+    }
     let token = random_token("tgop_").map_err(internal)?;
     state
         .store
-        .create_operator(req.name, role, hash_token(&token), op.name)
+        .create_operator(req.name, role, hash_token(&token), req.group, op.name)
         .await?;
     Ok((StatusCode::CREATED, Json(TokenResponse { token })))
 }
 
 async fn list_gateways(State(state): St, headers: HeaderMap) -> Result<Response, Fail> {
-    operator(&state, &headers).await?;
-    Ok(Json(state.store.gateways().await?).into_response())
+    let op = operator(&state, &headers).await?;
+    let mut list = state.store.gateways().await?;
+    list.retain(|g| op.sees_group(&g.group));
+    Ok(Json(list).into_response())
 }
 
 async fn revoke(
@@ -354,13 +405,26 @@ async fn revoke(
 
 /// Validates with the exact code path a gateway (and `tollgate validate`) uses, then signs,
 /// stores, assigns and wakes the group's long-polls.
+#[derive(Debug, serde::Deserialize)]
+struct PublishQuery {
+    /// `false`: store and sign only, for a rollout (`POST /v1/groups/{g}/rollout`).
+    #[serde(default = "yes")]
+    assign: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 async fn publish(
     State(state): St,
     headers: HeaderMap,
     Path(group): Path<String>,
+    q: Result<Query<PublishQuery>, QueryRejection>,
     body: String,
 ) -> Result<(StatusCode, Json<PublishResponse>), Fail> {
     let op = admin(&state, &headers).await?;
+    let Query(q) = q.map_err(bad_query)?;
     if !state.store.group_exists(group.clone()).await? {
         return Err(Fail::new(
             StatusCode::NOT_FOUND,
@@ -399,34 +463,16 @@ async fn publish(
     // Two publishes racing for one version number: the loser retries with the next number.
     for _ in 0..5 {
         let version = state.store.next_version(group.clone()).await?;
-        let issued_at = unix_now();
-        let bundle = Bundle {
-            version,
-            group: group.clone(),
-            issued_at,
-            expires_at: issued_at + super::BUNDLE_TTL_SECS,
-            key_id: String::new(),
-            config_yaml: body.clone(),
-        };
-        let signed: SignedBundle = sign(&bundle, &state.signing, &state.key.key_id)
-            .map_err(|e| internal(e.to_string()))?;
-        let signed_json = serde_json::to_string(&signed).map_err(|e| internal(e.to_string()))?;
-        let result = state
-            .store
-            .publish(NewVersion {
-                group: group.clone(),
-                version,
-                yaml: body.clone(),
-                sha256: sha.clone(),
-                created_at_ms: unix_now_ms(),
-                created_by: op.name.clone(),
-                signed_bundle: signed_json,
-            })
-            .await;
+        let v = super::rollout::signed_version(
+            &state, &group, version, &body, &sha, &op.name, q.assign,
+        )?;
+        let result = state.store.publish(v).await;
         match result {
             Ok(()) => {
-                state.notify(&group, version);
-                tracing::info!(group.name = %group, config.version = version, operator.name = %op.name, "config published");
+                if q.assign {
+                    state.notify(&group, version);
+                }
+                tracing::info!(group.name = %group, config.version = version, config.assigned = q.assign, operator.name = %op.name, "config published");
                 return Ok((StatusCode::CREATED, Json(PublishResponse { version })));
             }
             Err(StoreError::Conflict(_)) => continue,
@@ -445,8 +491,66 @@ async fn list_versions(
     headers: HeaderMap,
     Path(group): Path<String>,
 ) -> Result<Response, Fail> {
-    operator(&state, &headers).await?;
+    let op = operator(&state, &headers).await?;
+    require_group(&op, &group)?;
     Ok(Json(state.store.versions(group).await?).into_response())
+}
+
+async fn restore(
+    State(state): St,
+    headers: HeaderMap,
+    Path((group, version)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<PublishResponse>), Fail> {
+    let op = admin(&state, &headers).await?;
+    let version: u64 = version.parse().map_err(|_| {
+        Fail::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("version {version:?} is not a number"),
+        )
+    })?;
+    let version = super::rollout::restore(&state, &op.name, &group, version).await?;
+    Ok((StatusCode::CREATED, Json(PublishResponse { version })))
+}
+
+async fn rollout_status(
+    State(state): St,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+) -> Result<Json<RolloutStatus>, Fail> {
+    let op = operator(&state, &headers).await?;
+    require_group(&op, &group)?;
+    Ok(Json(super::rollout::status(&state, &group).await?))
+}
+
+async fn rollout_start(
+    State(state): St,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+    req: Result<Json<StartRollout>, JsonRejection>,
+) -> Result<(StatusCode, Json<RolloutStatus>), Fail> {
+    let op = admin(&state, &headers).await?;
+    let Json(req) = req.map_err(bad_json)?;
+    let s = super::rollout::start(&state, &op, &group, req).await?;
+    Ok((StatusCode::CREATED, Json(s)))
+}
+
+async fn rollout_promote(
+    State(state): St,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+) -> Result<Json<RolloutStatus>, Fail> {
+    let op = admin(&state, &headers).await?;
+    Ok(Json(super::rollout::promote(&state, &op, &group).await?))
+}
+
+async fn rollout_rollback(
+    State(state): St,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+) -> Result<Json<RolloutStatus>, Fail> {
+    let op = admin(&state, &headers).await?;
+    Ok(Json(super::rollout::rollback(&state, &op, &group).await?))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -460,10 +564,11 @@ async fn audit(
     headers: HeaderMap,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, Fail> {
-    operator(&state, &headers).await?;
+    let op = operator(&state, &headers).await?;
     let Query(q) = q.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(state.store.audit(limit).await?).into_response())
+    let group = op.visible_group().map(str::to_owned);
+    Ok(Json(state.store.audit_for(limit, group).await?).into_response())
 }
 
 /// Secret references (`${env:NAME}`, `${file:/path}`) are resolved on the gateway, where the
@@ -478,6 +583,22 @@ fn gateway_side_secret(message: &str) -> bool {
 /// The OpenAPI 3.1 description of this API (hand-written; tests/server.rs checks every documented
 /// route exists and the schemas' fields match the wire types).
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+/// Liveness probe: the process serves HTTPS (no token, no database).
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness probe: 200 while the database answers, 503 otherwise (no token needed).
+async fn readyz(State(st): St) -> Response {
+    match st.store.operator_count().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: the database is unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
 
 async fn openapi() -> Response {
     ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()

@@ -11,12 +11,18 @@
 //! `GET /v1/gateway/config` at once. With PostgreSQL the publish also NOTIFYs, and every
 //! replica's LISTEN task wakes its own long-polls (see [`pg`]).
 
+pub mod alerts;
 mod api;
+mod dashboard;
 mod pg;
+mod pg_tls;
+pub(crate) mod rollout;
 mod store;
 mod tls;
+pub mod usage;
 
-pub use store::{Role, Store, StoreError};
+pub use rollout::canary_bucket;
+pub use store::{Operator, Role, Store, StoreError};
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -159,6 +165,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
                 "admin".into(),
                 Role::Admin,
                 hash_token(&token),
+                None,
                 "system".into(),
             )
             .await
@@ -191,6 +198,8 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
             }
         }
     }));
+    // Alert rules on stored usage (alerts.rs); the task ends with the server.
+    alerts::spawn(Arc::downgrade(&state));
     let router = api::router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.config);
     tracing::info!(
@@ -255,6 +264,52 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Writes a complete, restorable copy of a SQLite control plane's data directory to `out` (a new
+/// directory, mode 0700): a consistent snapshot of `control-plane.db` (`VACUUM INTO`, safe
+/// while a control plane is serving from `data_dir`), `signing.key` and, when present, the
+/// generated `tls/` identity. Restore: stop the control plane and start it with
+/// `--data-dir <out>` (or copy the files back). PostgreSQL deployments use `pg_dump`.
+pub fn backup(data_dir: &Path, out: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let db = data_dir.join("control-plane.db");
+    if !db.exists() {
+        return Err(ServerError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{}: no SQLite database here", db.display()),
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(out)
+        .map_err(|e| {
+            ServerError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: {e} (the backup directory must not exist)",
+                    out.display()
+                ),
+            ))
+        })?;
+    store::sqlite_snapshot(&db, &out.join("control-plane.db"))?;
+    let key = std::fs::read(data_dir.join("signing.key"))?;
+    write_private(&out.join("signing.key"), &key)?;
+    let tls = data_dir.join("tls");
+    if tls.is_dir() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(out.join("tls"))?;
+        std::fs::write(
+            out.join("tls/cert.pem"),
+            std::fs::read(tls.join("cert.pem"))?,
+        )?;
+        write_private(
+            &out.join("tls/key.pem"),
+            &std::fs::read(tls.join("key.pem"))?,
+        )?;
+    }
+    Ok(())
 }
 
 /// Loads the signing key seed (base64) or creates one with mode 0600.

@@ -14,8 +14,9 @@
 //! and once more when LISTEN is back (a publish in the gap was heard by nobody); a long-poll
 //! re-reads the store, so a spurious wake costs one query.
 //!
-//! Only `postgres://` without TLS is supported. The URL may carry a password: it is never
-//! printed (errors name the URL with the credentials replaced by `***`).
+//! Only `postgres://` URLs are supported; TLS follows libpq's `sslmode` / `sslrootcert` (see
+//! [`super::pg_tls`]). The URL may carry a password: it is never printed (errors name the URL
+//! with the credentials replaced by `***`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,15 +25,22 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, Client, Config, Transaction};
+
+use super::pg_tls::MakeRustls;
 
 use super::store::{
-    GatewayAuth, NewVersion, Operator, Role, StoreError, labels_json, labels_parse,
+    GatewayAuth, NewVersion, Operator, ROLLOUT_COLS, Role, StoreError, labels_json, labels_parse,
+    rollout_in_progress,
 };
-use crate::protocol::{AuditEntry, ConfigVersion, GatewayInfo, Group};
+use crate::protocol::{AuditEntry, ConfigVersion, GatewayInfo, Group, Rollout};
 
 /// Ordered migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_rollouts.sql"),
+    include_str!("migrations/postgres/0003_usage.sql"),
+];
 /// Connections per replica: the control plane's query rate is small; long-polls hold none.
 const POOL_SIZE: usize = 4;
 /// The NOTIFY channel; the payload is `<version>:<group>`.
@@ -57,6 +65,7 @@ pub enum Wake {
 #[derive(Clone)]
 pub struct Postgres {
     config: Arc<Config>,
+    tls: MakeRustls,
     slots: Arc<Vec<Mutex<Option<Client>>>>,
     next: Arc<AtomicUsize>,
     /// `scheme://***@host/db`, for messages.
@@ -71,7 +80,7 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     // The driver's Display hides the server's message behind "db error"; show it (it never
     // contains the connection password).
     let msg = match e.as_db_error() {
@@ -84,12 +93,28 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("postgres: {msg}"))
 }
 
+/// Says which TLS setting to look at when a connection fails in the TLS layer.
+fn tls_hint(message: &str, ssl: &super::pg_tls::Settings) -> &'static str {
+    use super::pg_tls::Verify;
+    if message.contains("server does not support TLS") {
+        " (TLS: the server has ssl=off; sslmode=require and stricter need it on)"
+    } else if message.contains("NotValidForName") || message.contains("not valid for name") {
+        " (TLS, sslmode=verify-full: the certificate does not name this host; connect by a name it carries, or use verify-ca)"
+    } else if message.contains("UnknownIssuer") || message.contains("BadSignature") {
+        " (TLS: the server certificate does not chain to sslrootcert)"
+    } else if message.contains("invalid peer certificate") && ssl.verify != Verify::None {
+        " (TLS: the server certificate was refused)"
+    } else {
+        ""
+    }
+}
+
 fn unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
-async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = config.connect(NoTls).await?;
+async fn connect(config: &Config, tls: &MakeRustls) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = config.connect(tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "control plane database connection ended");
@@ -127,14 +152,22 @@ impl Postgres {
                 "--database-url {redacted}: only postgres:// URLs are supported"
             )));
         }
-        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let (url, ssl) = super::pg_tls::split_url(url)
+            .map_err(|e| StoreError::Backend(format!("--database-url {redacted}: {e}")))?;
+        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
             StoreError::Backend(format!("--database-url {redacted}: {e}"))
         })?;
-        let first = connect(&config).await.map_err(|e| {
+        config.ssl_mode(ssl.mode);
+        let tls = super::pg_tls::connector(&ssl)
+            .map_err(|e| StoreError::Backend(format!("--database-url {redacted}: {e}")))?;
+        let first = connect(&config, &tls).await.map_err(|e| {
             let StoreError::Backend(m) = pg_err(e) else {
                 return StoreError::Backend(format!("cannot connect to {redacted}"));
             };
-            StoreError::Backend(format!("cannot connect to {redacted}: {m}"))
+            StoreError::Backend(format!(
+                "cannot connect to {redacted}{}: {m}",
+                tls_hint(&m, &ssl)
+            ))
         })?;
         let mut slots = Vec::with_capacity(POOL_SIZE);
         slots.push(Mutex::new(Some(first)));
@@ -143,6 +176,7 @@ impl Postgres {
         }
         let pg = Postgres {
             config: Arc::new(config),
+            tls,
             slots: Arc::new(slots),
             next: Arc::new(AtomicUsize::new(0)),
             redacted,
@@ -158,7 +192,9 @@ impl Postgres {
     }
 
     /// A live connection, exclusively: a free slot if there is one, else waits for one.
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+    pub(super) async fn client(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut guard = None;
@@ -173,7 +209,7 @@ impl Postgres {
             None => self.slots[start % n].lock().await,
         };
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(connect(&self.config).await.map_err(pg_err)?);
+            *guard = Some(connect(&self.config, &self.tls).await.map_err(pg_err)?);
         }
         Ok(guard)
     }
@@ -181,9 +217,10 @@ impl Postgres {
     /// Starts the LISTEN task; it reconnects forever and calls `wake` on every notification.
     pub fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> tokio::task::JoinHandle<()> {
         let config = Arc::clone(&self.config);
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             loop {
-                match listen_once(&config, &wake).await {
+                match listen_once(&config, &tls, &wake).await {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "control plane LISTEN connection lost; polling every 2 s")
@@ -212,12 +249,21 @@ impl Postgres {
         name: String,
         role: Role,
         token_hash: String,
+        group_scope: Option<String>,
         actor: String,
     ) -> Result<(), StoreError> {
         pg_tx!(self, |t| {
+            if let Some(g) = &group_scope
+                && t.query_opt("SELECT 1 FROM groups WHERE name = $1 FOR SHARE", &[g])
+                    .await
+                    .map_err(pg_err)?
+                    .is_none()
+            {
+                return Err(StoreError::NotFound(format!("no group {g:?}")));
+            }
             t.execute(
-                "INSERT INTO operator_tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4)",
-                &[&name, &role.as_str(), &token_hash, &(crate::server::unix_now() as i64)],
+                "INSERT INTO operator_tokens (name, role, token_hash, created_at, group_scope) VALUES ($1, $2, $3, $4, $5)",
+                &[&name, &role.as_str(), &token_hash, &(crate::server::unix_now() as i64), &group_scope],
             )
             .await
             .map_err(|e| {
@@ -232,7 +278,7 @@ impl Postgres {
                 &actor,
                 "operator.create",
                 &name,
-                serde_json::json!({"role": role.as_str()}),
+                serde_json::json!({"role": role.as_str(), "scope": group_scope}),
             )
             .await
         })
@@ -242,7 +288,7 @@ impl Postgres {
         pg_tx!(self, |t| {
             let row = t
                 .query_opt(
-                    "SELECT name, role FROM operator_tokens WHERE token_hash = $1",
+                    "SELECT name, role, group_scope FROM operator_tokens WHERE token_hash = $1",
                     &[&hash],
                 )
                 .await
@@ -251,6 +297,7 @@ impl Postgres {
                 Role::parse(r.get::<_, &str>(1)).map(|role| Operator {
                     name: r.get(0),
                     role,
+                    group_scope: r.get(2),
                 })
             }))
         })
@@ -408,7 +455,7 @@ impl Postgres {
         pg_tx!(self, |t| {
             let row = t
                 .query_opt(
-                    "SELECT id, group_name, revoked FROM gateways WHERE credential_hash = $1",
+                    "SELECT id, group_name, revoked, labels FROM gateways WHERE credential_hash = $1",
                     &[&hash],
                 )
                 .await
@@ -417,6 +464,7 @@ impl Postgres {
                     id: r.get(0),
                     group: r.get(1),
                     revoked: r.get::<_, i64>(2) != 0,
+                    labels: labels_parse(r.get(3)),
                 });
             if let Some(g) = &row
                 && !g.revoked
@@ -459,6 +507,10 @@ impl Postgres {
                     last_error: r.get(9),
                     applied_at_ms: r.get::<_, i64>(10) as u64,
                     group_version: r.get::<_, i64>(11) as u64,
+                    // Filled in by `Store::gateways` (rollout-aware).
+                    assigned_version: 0,
+                    canary: false,
+                    drift: false,
                 })
                 .collect())
         })
@@ -535,7 +587,10 @@ impl Postgres {
         pg_tx!(self, |t| {
             let v: Option<i64> = t
                 .query_opt(
-                    "SELECT (SELECT COALESCE(MAX(version), 0) FROM config_versions WHERE group_name = $1)::BIGINT
+                    // Also above every version a gateway of the group reports (a restore from
+                    // an older backup must not hand out numbers the gateways refuse).
+                    "SELECT GREATEST((SELECT COALESCE(MAX(version), 0) FROM config_versions WHERE group_name = $1),
+                                     (SELECT COALESCE(MAX(applied_version), 0) FROM gateways WHERE group_name = $1))::BIGINT
                      FROM groups WHERE name = $1",
                     &[&group],
                 )
@@ -551,6 +606,15 @@ impl Postgres {
 
     pub async fn publish(&self, v: NewVersion) -> Result<(), StoreError> {
         pg_tx!(self, |t| {
+            // FOR UPDATE: serialises with rollout changes of the group.
+            lock_group(t, &v.group).await?;
+            if v.assign
+                && latest_rollout(t, &v.group)
+                    .await?
+                    .is_some_and(|r| r.state == "canary")
+            {
+                return Err(rollout_in_progress(&v.group));
+            }
             t.execute(
                 "INSERT INTO config_versions (group_name, version, yaml, sha256, created_at_ms, created_by, signed_bundle)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -564,28 +628,18 @@ impl Postgres {
                     pg_err(e)
                 }
             })?;
-            t.execute(
-                "UPDATE groups SET assigned_version = $2 WHERE name = $1",
-                &[&v.group, &(v.version as i64)],
-            )
-            .await
-            .map_err(pg_err)?;
-            audit(
-                t,
-                &v.created_by,
-                "config.publish",
-                &v.group,
-                serde_json::json!({"version": v.version, "sha256": v.sha256}),
-            )
-            .await?;
+            if v.assign {
+                t.execute(
+                    "UPDATE groups SET assigned_version = $2 WHERE name = $1",
+                    &[&v.group, &(v.version as i64)],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            let (action, detail) = super::store::publish_audit(&v);
+            audit(t, &v.created_by, action, &v.group, detail).await?;
             // Delivered to every replica's listener when (and only if) this commits.
-            t.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&CHANNEL, &format!("{}:{}", v.version, v.group)],
-            )
-            .await
-            .map_err(pg_err)?;
-            Ok(())
+            notify(t, &v.group, v.version).await
         })
     }
 
@@ -669,12 +723,13 @@ impl Postgres {
 /// Holds LISTEN until the connection drops; forwards each notification to `wake`.
 async fn listen_once(
     config: &Config,
+    tls: &MakeRustls,
     wake: &Arc<dyn Fn(Wake) + Send + Sync>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut config = config.clone();
     // Named, so an operator (or a test) can find this replica's listener in pg_stat_activity.
     config.application_name(LISTENER_APP_NAME);
-    let (client, mut conn) = config.connect(NoTls).await?;
+    let (client, mut conn) = config.connect(tls.clone()).await?;
     // Drive the connection here (not in a spawned task) so notifications can be read from it.
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let wake_after_listen = Arc::clone(wake);
@@ -716,7 +771,9 @@ async fn listen_once(
     d
 }
 
-/// Writes an audit record inside the caller's transaction.
+/// Writes an audit record inside the caller's transaction. Its group (what a group-scoped
+/// viewer may see) is named in the detail, else the gateway's group when the target is a
+/// gateway, else the target when it names a group.
 async fn audit(
     t: &Transaction<'_>,
     actor: &str,
@@ -724,19 +781,309 @@ async fn audit(
     target: &str,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
+    let group = detail
+        .get("group")
+        .and_then(|g| g.as_str())
+        .map(str::to_owned);
     t.execute(
-        "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO audit (at_ms, actor, action, target, detail, group_name) VALUES ($1, $2, $3, $4, $5,
+             COALESCE($6, (SELECT group_name FROM gateways WHERE id = $4),
+                      CASE WHEN $3 NOT LIKE 'operator.%' THEN (SELECT name FROM groups WHERE name = $4) END))",
         &[
             &(crate::server::unix_now_ms() as i64),
             &actor,
             &action,
             &target,
             &detail.to_string(),
+            &group,
         ],
     )
     .await
     .map_err(pg_err)?;
     Ok(())
+}
+
+/// Wakes the group's long-polls on every replica (delivered when the transaction commits).
+async fn notify(t: &Transaction<'_>, group: &str, version: u64) -> Result<(), StoreError> {
+    t.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &format!("{version}:{group}")],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Row-locks the group (rollout changes and publishes of one group serialise) and returns its
+/// assigned version; `NotFound` when there is no such group.
+async fn lock_group(t: &Transaction<'_>, group: &str) -> Result<u64, StoreError> {
+    t.query_opt(
+        "SELECT assigned_version FROM groups WHERE name = $1 FOR UPDATE",
+        &[&group],
+    )
+    .await
+    .map_err(pg_err)?
+    .map(|r| r.get::<_, i64>(0) as u64)
+    .ok_or_else(|| StoreError::NotFound(format!("no group {group:?}")))
+}
+
+fn rollout_row(r: &tokio_postgres::Row) -> Rollout {
+    Rollout {
+        id: r.get::<_, i64>(0) as u64,
+        group: r.get(1),
+        version: r.get::<_, i64>(2) as u64,
+        base_version: r.get::<_, i64>(3) as u64,
+        canary_percent: r.get::<_, i64>(4).clamp(0, 100) as u8,
+        canary_labels: labels_parse(r.get(5)),
+        state: r.get(6),
+        rollback_version: r.get::<_, Option<i64>>(7).map(|v| v as u64),
+        started_by: r.get(8),
+        started_at_ms: r.get::<_, i64>(9) as u64,
+        updated_by: r.get(10),
+        updated_at_ms: r.get::<_, i64>(11) as u64,
+    }
+}
+
+async fn latest_rollout(t: &Transaction<'_>, group: &str) -> Result<Option<Rollout>, StoreError> {
+    Ok(t.query_opt(
+        &format!(
+            "SELECT {ROLLOUT_COLS} FROM rollouts WHERE group_name = $1 ORDER BY id DESC LIMIT 1"
+        ),
+        &[&group],
+    )
+    .await
+    .map_err(pg_err)?
+    .as_ref()
+    .map(rollout_row))
+}
+
+/// Rollouts (see [`super::rollout`] for the rules) and group-filtered audit.
+impl Postgres {
+    pub async fn audit_for(
+        &self,
+        limit: u64,
+        group: Option<String>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        pg_tx!(self, |t| {
+            let rows = t
+                .query(
+                    "SELECT id, at_ms, actor, action, target, detail FROM audit
+                     WHERE $2::text IS NULL OR group_name = $2 ORDER BY id DESC LIMIT $1",
+                    &[&(limit.min(i64::MAX as u64) as i64), &group],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| AuditEntry {
+                    id: r.get::<_, i64>(0) as u64,
+                    at_ms: r.get::<_, i64>(1) as u64,
+                    actor: r.get(2),
+                    action: r.get(3),
+                    target: r.get(4),
+                    detail: serde_json::from_str(r.get(5)).unwrap_or(serde_json::Value::Null),
+                })
+                .collect())
+        })
+    }
+
+    pub async fn rollout_state(&self, group: String) -> Result<(u64, Option<Rollout>), StoreError> {
+        pg_tx!(self, |t| {
+            let v = t
+                .query_opt(
+                    "SELECT assigned_version FROM groups WHERE name = $1",
+                    &[&group],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|r| r.get::<_, i64>(0) as u64)
+                .ok_or_else(|| StoreError::NotFound(format!("no group {group:?}")))?;
+            Ok((v, latest_rollout(t, &group).await?))
+        })
+    }
+
+    pub async fn active_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        pg_tx!(self, |t| {
+            let rows = t
+                .query(
+                    &format!(
+                        "SELECT {ROLLOUT_COLS} FROM rollouts r WHERE state = 'canary'
+                         AND id = (SELECT MAX(id) FROM rollouts WHERE group_name = r.group_name)"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(rollout_row).collect())
+        })
+    }
+
+    pub async fn version(
+        &self,
+        group: String,
+        version: u64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        pg_tx!(self, |t| {
+            Ok(t
+                .query_opt(
+                    "SELECT yaml, signed_bundle FROM config_versions WHERE group_name = $1 AND version = $2",
+                    &[&group, &(version as i64)],
+                )
+                .await
+                .map_err(pg_err)?
+                .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    pub async fn rollout_start(
+        &self,
+        group: String,
+        version: u64,
+        canary_percent: u8,
+        canary_labels: BTreeMap<String, String>,
+        actor: String,
+    ) -> Result<Rollout, StoreError> {
+        let now = crate::server::unix_now_ms() as i64;
+        pg_tx!(self, |t| {
+            let base = lock_group(t, &group).await?;
+            super::rollout::check_start(
+                &group,
+                base,
+                version,
+                latest_rollout(t, &group).await?.as_ref(),
+            )?;
+            let exists = t
+                .query_opt(
+                    "SELECT 1 FROM config_versions WHERE group_name = $1 AND version = $2",
+                    &[&group, &(version as i64)],
+                )
+                .await
+                .map_err(pg_err)?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(format!(
+                    "group {group:?} has no version {version}"
+                )));
+            }
+            let row = t
+                .query_one(
+                    &format!(
+                        "INSERT INTO rollouts (group_name, version, base_version, canary_percent, canary_labels, state,
+                                               started_by, started_at_ms, updated_by, updated_at_ms)
+                         VALUES ($1, $2, $3, $4, $5, 'canary', $6, $7, $6, $7) RETURNING {ROLLOUT_COLS}"
+                    ),
+                    &[&group, &(version as i64), &(base as i64), &(canary_percent as i64), &labels_json(&canary_labels), &actor, &now],
+                )
+                .await
+                .map_err(pg_err)?;
+            audit(
+                t,
+                &actor,
+                "rollout.start",
+                &group,
+                serde_json::json!({"group": group, "version": version, "base_version": base,
+                                   "canary_percent": canary_percent, "canary_labels": canary_labels}),
+            )
+            .await?;
+            notify(t, &group, version).await?;
+            Ok(rollout_row(&row))
+        })
+    }
+
+    pub async fn rollout_promote(
+        &self,
+        group: String,
+        actor: String,
+    ) -> Result<Rollout, StoreError> {
+        let now = crate::server::unix_now_ms() as i64;
+        pg_tx!(self, |t| {
+            lock_group(t, &group).await?;
+            let r = super::rollout::in_progress(&group, latest_rollout(t, &group).await?)?;
+            let row = t
+                .query_one(
+                    &format!(
+                        "UPDATE rollouts SET state = 'promoted', updated_by = $2, updated_at_ms = $3
+                         WHERE id = $1 RETURNING {ROLLOUT_COLS}"
+                    ),
+                    &[&(r.id as i64), &actor, &now],
+                )
+                .await
+                .map_err(pg_err)?;
+            t.execute(
+                "UPDATE groups SET assigned_version = $2 WHERE name = $1",
+                &[&group, &(r.version as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+            audit(
+                t,
+                &actor,
+                "rollout.promote",
+                &group,
+                serde_json::json!({"group": group, "version": r.version, "base_version": r.base_version}),
+            )
+            .await?;
+            notify(t, &group, r.version).await?;
+            Ok(rollout_row(&row))
+        })
+    }
+
+    pub async fn rollout_rollback(
+        &self,
+        rollout_id: u64,
+        v: NewVersion,
+    ) -> Result<Rollout, StoreError> {
+        let now = crate::server::unix_now_ms() as i64;
+        pg_tx!(self, |t| {
+            lock_group(t, &v.group).await?;
+            let r = super::rollout::in_progress(&v.group, latest_rollout(t, &v.group).await?)?;
+            if r.id != rollout_id {
+                return Err(StoreError::State(
+                    "the rollout changed meanwhile; retry".into(),
+                ));
+            }
+            t.execute(
+                "INSERT INTO config_versions (group_name, version, yaml, sha256, created_at_ms, created_by, signed_bundle)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&v.group, &(v.version as i64), &v.yaml, &v.sha256, &(v.created_at_ms as i64), &v.created_by, &v.signed_bundle],
+            )
+            .await
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("version {} of {:?} already exists", v.version, v.group))
+                } else {
+                    pg_err(e)
+                }
+            })?;
+            t.execute(
+                "UPDATE groups SET assigned_version = $2 WHERE name = $1",
+                &[&v.group, &(v.version as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+            let row = t
+                .query_one(
+                    &format!(
+                        "UPDATE rollouts SET state = 'rolled_back', rollback_version = $2, updated_by = $3,
+                                updated_at_ms = $4 WHERE id = $1 RETURNING {ROLLOUT_COLS}"
+                    ),
+                    &[&(r.id as i64), &(v.version as i64), &v.created_by, &now],
+                )
+                .await
+                .map_err(pg_err)?;
+            audit(
+                t,
+                &v.created_by,
+                "rollout.rollback",
+                &v.group,
+                serde_json::json!({"group": v.group, "version": r.version, "base_version": r.base_version,
+                                   "rollback_version": v.version, "sha256": v.sha256}),
+            )
+            .await?;
+            notify(t, &v.group, v.version).await?;
+            Ok(rollout_row(&row))
+        })
+    }
 }
 
 /// Applies pending migrations under a transaction-scoped advisory lock (replicas starting

@@ -24,10 +24,14 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::pg::{Postgres, Wake};
 
-use crate::protocol::{AuditEntry, ConfigVersion, GatewayInfo, Group};
+use crate::protocol::{AuditEntry, ConfigVersion, GatewayInfo, Group, Rollout};
 
 /// Ordered migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_init.sql"),
+    include_str!("migrations/sqlite/0002_rollouts.sql"),
+    include_str!("migrations/sqlite/0003_usage.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +43,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the group's rollout state (409, not retried).
+    #[error("{0}")]
+    State(String),
+    /// The request itself is invalid (400).
+    #[error("{0}")]
+    Invalid(String),
     #[error("database worker failed: {0}")]
     Worker(String),
     /// PostgreSQL errors and connection problems (already redacted).
@@ -74,6 +84,21 @@ impl Role {
 pub struct Operator {
     pub name: String,
     pub role: Role,
+    /// Viewer tokens only: the one group this token may see. Every read handler checks it
+    /// with [`Operator::sees_group`] (lists) or `api::require_group` (403 for one resource).
+    pub group_scope: Option<String>,
+}
+
+impl Operator {
+    /// Whether this operator may see `group`'s gateways, versions, rollout, audit and usage.
+    pub fn sees_group(&self, group: &str) -> bool {
+        self.group_scope.as_deref().is_none_or(|g| g == group)
+    }
+
+    /// `Some(group)` for a group-scoped token (to filter in SQL), `None` = sees every group.
+    pub fn visible_group(&self) -> Option<&str> {
+        self.group_scope.as_deref()
+    }
 }
 
 /// An authenticated gateway.
@@ -82,6 +107,8 @@ pub struct GatewayAuth {
     pub id: String,
     pub group: String,
     pub revoked: bool,
+    /// Labels given at enrollment (canary selection by labels).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A new config version to record.
@@ -94,6 +121,10 @@ pub struct NewVersion {
     pub created_at_ms: u64,
     pub created_by: String,
     pub signed_bundle: String,
+    /// Assign it to the whole group at once (a plain publish). `false` stores it for a rollout.
+    pub assign: bool,
+    /// A copy of this earlier version's configuration (audited as `config.restore`).
+    pub restored_from: Option<u64>,
 }
 
 /// Back ends; every method dispatches on the variant.
@@ -123,7 +154,7 @@ impl Sqlite {
         })
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -138,6 +169,18 @@ impl Sqlite {
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
+}
+
+/// Writes a transactionally consistent copy of the SQLite database at `db` to `out` (which must
+/// not exist) with `VACUUM INTO`; a control plane may be writing meanwhile (WAL mode).
+pub fn sqlite_snapshot(db: &Path, out: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let target = out
+        .to_str()
+        .ok_or_else(|| StoreError::Worker("backup path is not UTF-8".into()))?;
+    conn.execute("VACUUM INTO ?1", params![target])?;
+    Ok(())
 }
 
 /// Applies every migration newer than the recorded schema version.
@@ -209,13 +252,24 @@ impl Sqlite {
         name: String,
         role: Role,
         token_hash: String,
+        group_scope: Option<String>,
         actor: String,
     ) -> Result<(), StoreError> {
         dispatch!(self, |c| {
             let tx = c.transaction()?;
+            if let Some(g) = &group_scope
+                && tx
+                    .query_row("SELECT 1 FROM groups WHERE name = ?1", params![g], |_| {
+                        Ok(())
+                    })
+                    .optional()?
+                    .is_none()
+            {
+                return Err(StoreError::NotFound(format!("no group {g:?}")));
+            }
             tx.execute(
-                "INSERT INTO operator_tokens (name, role, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, role.as_str(), token_hash, crate::server::unix_now() as i64],
+                "INSERT INTO operator_tokens (name, role, token_hash, created_at, group_scope) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, role.as_str(), token_hash, crate::server::unix_now() as i64, group_scope],
             )
             .map_err(|e| {
                 if unique_violation(&e) {
@@ -229,7 +283,7 @@ impl Sqlite {
                 &actor,
                 "operator.create",
                 &name,
-                serde_json::json!({"role": role.as_str()}),
+                serde_json::json!({"role": role.as_str(), "scope": group_scope}),
             )?;
             tx.commit()?;
             Ok(())
@@ -240,12 +294,24 @@ impl Sqlite {
         dispatch!(self, |c| {
             let row = c
                 .query_row(
-                    "SELECT name, role FROM operator_tokens WHERE token_hash = ?1",
+                    "SELECT name, role, group_scope FROM operator_tokens WHERE token_hash = ?1",
                     params![hash],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
                 )
                 .optional()?;
-            Ok(row.and_then(|(name, role)| Role::parse(&role).map(|role| Operator { name, role })))
+            Ok(row.and_then(|(name, role, group_scope)| {
+                Role::parse(&role).map(|role| Operator {
+                    name,
+                    role,
+                    group_scope,
+                })
+            }))
         })
     }
 
@@ -399,13 +465,14 @@ impl Sqlite {
         dispatch!(self, |c| {
             let row = c
                 .query_row(
-                    "SELECT id, group_name, revoked FROM gateways WHERE credential_hash = ?1",
+                    "SELECT id, group_name, revoked, labels FROM gateways WHERE credential_hash = ?1",
                     params![hash],
                     |r| {
                         Ok(GatewayAuth {
                             id: r.get(0)?,
                             group: r.get(1)?,
                             revoked: r.get::<_, i64>(2)? != 0,
+                            labels: labels_parse(&r.get::<_, String>(3)?),
                         })
                     },
                 )
@@ -444,6 +511,10 @@ impl Sqlite {
                     last_error: r.get(9)?,
                     applied_at_ms: r.get::<_, i64>(10)? as u64,
                     group_version: r.get::<_, i64>(11)? as u64,
+                    // Filled in by `Store::gateways` (rollout-aware).
+                    assigned_version: 0,
+                    canary: false,
+                    drift: false,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -511,12 +582,17 @@ impl Sqlite {
         })
     }
 
-    /// The next version number for a group (1 for the first).
+    /// The next version number for a group (1 for the first): above every stored version and
+    /// every version its gateways report having applied.
     pub async fn next_version(&self, group: String) -> Result<u64, StoreError> {
         dispatch!(self, |c| {
             let v: Option<i64> = c
                 .query_row(
-                    "SELECT (SELECT COALESCE(MAX(version), 0) FROM config_versions WHERE group_name = ?1)
+                    // Also above every version a gateway of the group reports: after a restore
+                    // from an older backup, new versions must still be newer than what the
+                    // gateways serve (they refuse older ones).
+                    "SELECT MAX((SELECT COALESCE(MAX(version), 0) FROM config_versions WHERE group_name = ?1),
+                                (SELECT COALESCE(MAX(applied_version), 0) FROM gateways WHERE group_name = ?1))
                      FROM groups WHERE name = ?1",
                     params![group],
                     |r| r.get(0),
@@ -534,6 +610,9 @@ impl Sqlite {
     pub async fn publish(&self, v: NewVersion) -> Result<(), StoreError> {
         dispatch!(self, |c| {
             let tx = c.transaction()?;
+            if v.assign && latest_rollout(&tx, &v.group)?.is_some_and(|r| r.state == "canary") {
+                return Err(rollout_in_progress(&v.group));
+            }
             tx.execute(
                 "INSERT INTO config_versions (group_name, version, yaml, sha256, created_at_ms, created_by, signed_bundle)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -546,17 +625,14 @@ impl Sqlite {
                     e.into()
                 }
             })?;
-            tx.execute(
-                "UPDATE groups SET assigned_version = ?2 WHERE name = ?1",
-                params![v.group, v.version as i64],
-            )?;
-            audit_tx(
-                &tx,
-                &v.created_by,
-                "config.publish",
-                &v.group,
-                serde_json::json!({"version": v.version, "sha256": v.sha256}),
-            )?;
+            if v.assign {
+                tx.execute(
+                    "UPDATE groups SET assigned_version = ?2 WHERE name = ?1",
+                    params![v.group, v.version as i64],
+                )?;
+            }
+            let (action, detail) = publish_audit(&v);
+            audit_tx(&tx, &v.created_by, action, &v.group, detail)?;
             tx.commit()?;
             Ok(())
         })
@@ -632,6 +708,205 @@ impl Sqlite {
     }
 }
 
+/// Rollouts (see [`super::rollout`] for the rules) and group-filtered audit.
+impl Sqlite {
+    pub async fn audit_for(
+        &self,
+        limit: u64,
+        group: Option<String>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        dispatch!(self, |c| {
+            let mut st = c.prepare(
+                "SELECT id, at_ms, actor, action, target, detail FROM audit
+                 WHERE ?2 IS NULL OR group_name = ?2 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = st.query_map(params![limit as i64, group], |r| {
+                Ok(AuditEntry {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at_ms: r.get::<_, i64>(1)? as u64,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: serde_json::from_str(&r.get::<_, String>(5)?)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub async fn rollout_state(&self, group: String) -> Result<(u64, Option<Rollout>), StoreError> {
+        dispatch!(self, |c| Ok((
+            group_version(c, &group)?,
+            latest_rollout(c, &group)?
+        )))
+    }
+
+    pub async fn active_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        dispatch!(self, |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ROLLOUT_COLS} FROM rollouts r WHERE state = 'canary'
+                 AND id = (SELECT MAX(id) FROM rollouts WHERE group_name = r.group_name)"
+            ))?;
+            let rows = st.query_map([], rollout_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// A stored version: `(yaml, signed bundle JSON)`.
+    pub async fn version(
+        &self,
+        group: String,
+        version: u64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        dispatch!(self, |c| {
+            Ok(c
+            .query_row(
+                "SELECT yaml, signed_bundle FROM config_versions WHERE group_name = ?1 AND version = ?2",
+                params![group, version as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    pub async fn rollout_start(
+        &self,
+        group: String,
+        version: u64,
+        canary_percent: u8,
+        canary_labels: BTreeMap<String, String>,
+        actor: String,
+    ) -> Result<Rollout, StoreError> {
+        dispatch!(self, |c| {
+            let now = crate::server::unix_now_ms() as i64;
+            let tx = c.transaction()?;
+            let base = group_version(&tx, &group)?;
+            super::rollout::check_start(
+                &group,
+                base,
+                version,
+                latest_rollout(&tx, &group)?.as_ref(),
+            )?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM config_versions WHERE group_name = ?1 AND version = ?2",
+                    params![group, version as i64],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(format!(
+                    "group {group:?} has no version {version}"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO rollouts (group_name, version, base_version, canary_percent, canary_labels, state,
+                                       started_by, started_at_ms, updated_by, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'canary', ?6, ?7, ?6, ?7)",
+                params![group, version as i64, base as i64, canary_percent as i64, labels_json(&canary_labels), actor, now],
+            )?;
+            audit_tx(
+                &tx,
+                &actor,
+                "rollout.start",
+                &group,
+                serde_json::json!({"group": group, "version": version, "base_version": base,
+                                   "canary_percent": canary_percent, "canary_labels": canary_labels}),
+            )?;
+            let r = latest_rollout(&tx, &group)?
+                .ok_or_else(|| StoreError::Worker("rollout vanished".into()))?;
+            tx.commit()?;
+            Ok(r)
+        })
+    }
+
+    pub async fn rollout_promote(
+        &self,
+        group: String,
+        actor: String,
+    ) -> Result<Rollout, StoreError> {
+        dispatch!(self, |c| {
+            let now = crate::server::unix_now_ms() as i64;
+            let tx = c.transaction()?;
+            group_version(&tx, &group)?;
+            let r = super::rollout::in_progress(&group, latest_rollout(&tx, &group)?)?;
+            tx.execute(
+                "UPDATE rollouts SET state = 'promoted', updated_by = ?2, updated_at_ms = ?3 WHERE id = ?1",
+                params![r.id as i64, actor, now],
+            )?;
+            tx.execute(
+                "UPDATE groups SET assigned_version = ?2 WHERE name = ?1",
+                params![group, r.version as i64],
+            )?;
+            audit_tx(
+                &tx,
+                &actor,
+                "rollout.promote",
+                &group,
+                serde_json::json!({"group": group, "version": r.version, "base_version": r.base_version}),
+            )?;
+            let r = latest_rollout(&tx, &group)?
+                .ok_or_else(|| StoreError::Worker("rollout vanished".into()))?;
+            tx.commit()?;
+            Ok(r)
+        })
+    }
+
+    /// Ends rollout `rollout_id` (still in progress) by storing `v` (the base configuration
+    /// signed as a new version) and assigning it to the whole group.
+    pub async fn rollout_rollback(
+        &self,
+        rollout_id: u64,
+        v: NewVersion,
+    ) -> Result<Rollout, StoreError> {
+        dispatch!(self, |c| {
+            let now = crate::server::unix_now_ms() as i64;
+            let tx = c.transaction()?;
+            let r = super::rollout::in_progress(&v.group, latest_rollout(&tx, &v.group)?)?;
+            if r.id != rollout_id {
+                return Err(StoreError::State(
+                    "the rollout changed meanwhile; retry".into(),
+                ));
+            }
+            tx.execute(
+                "INSERT INTO config_versions (group_name, version, yaml, sha256, created_at_ms, created_by, signed_bundle)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![v.group, v.version as i64, v.yaml, v.sha256, v.created_at_ms as i64, v.created_by, v.signed_bundle],
+            )
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    StoreError::Conflict(format!("version {} of {:?} already exists", v.version, v.group))
+                } else {
+                    e.into()
+                }
+            })?;
+            tx.execute(
+                "UPDATE groups SET assigned_version = ?2 WHERE name = ?1",
+                params![v.group, v.version as i64],
+            )?;
+            tx.execute(
+                "UPDATE rollouts SET state = 'rolled_back', rollback_version = ?2, updated_by = ?3, updated_at_ms = ?4
+                 WHERE id = ?1",
+                params![r.id as i64, v.version as i64, v.created_by, now],
+            )?;
+            audit_tx(
+                &tx,
+                &v.created_by,
+                "rollout.rollback",
+                &v.group,
+                serde_json::json!({"group": v.group, "version": r.version, "base_version": r.base_version,
+                                   "rollback_version": v.version, "sha256": v.sha256}),
+            )?;
+            let r = latest_rollout(&tx, &v.group)?
+                .ok_or_else(|| StoreError::Worker("rollout vanished".into()))?;
+            tx.commit()?;
+            Ok(r)
+        })
+    }
+}
+
 impl Store {
     /// Opens the store: SQLite under `data_dir` unless a database URL is given.
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store, StoreError> {
@@ -662,16 +937,24 @@ impl Store {
         }
     }
 
+    /// `group_scope`: a viewer token that sees only that group (`NotFound` if it does not exist).
     pub async fn create_operator(
         &self,
         name: String,
         role: Role,
         token_hash: String,
+        group_scope: Option<String>,
         actor: String,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.create_operator(name, role, token_hash, actor).await,
-            Store::Postgres(p) => p.create_operator(name, role, token_hash, actor).await,
+            Store::Sqlite(s) => {
+                s.create_operator(name, role, token_hash, group_scope, actor)
+                    .await
+            }
+            Store::Postgres(p) => {
+                p.create_operator(name, role, token_hash, group_scope, actor)
+                    .await
+            }
         }
     }
 
@@ -754,11 +1037,18 @@ impl Store {
         }
     }
 
+    /// Every gateway with its rollout-aware `assigned_version`, `canary` and `drift`.
     pub async fn gateways(&self) -> Result<Vec<GatewayInfo>, StoreError> {
-        match self {
+        let mut list = match self {
             Store::Sqlite(s) => s.gateways().await,
             Store::Postgres(p) => p.gateways().await,
+        }?;
+        let active = self.active_rollouts().await?;
+        for g in &mut list {
+            let r = active.iter().find(|r| r.group == g.group);
+            super::rollout::annotate(g, r);
         }
+        Ok(list)
     }
 
     pub async fn revoke(&self, id: String, actor: String) -> Result<(), StoreError> {
@@ -820,9 +1110,93 @@ impl Store {
     }
 
     pub async fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_for(limit, None).await
+    }
+
+    /// Newest first; `group: Some(g)` keeps only records about group `g` (its gateways,
+    /// versions, rollouts) — what a group-scoped viewer sees.
+    pub async fn audit_for(
+        &self,
+        limit: u64,
+        group: Option<String>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.audit(limit).await,
-            Store::Postgres(p) => p.audit(limit).await,
+            Store::Sqlite(s) => s.audit_for(limit, group).await,
+            Store::Postgres(p) => p.audit_for(limit, group).await,
+        }
+    }
+
+    /// The group's version (what non-canaries get) and its latest rollout. `NotFound` for an
+    /// unknown group.
+    pub async fn rollout_state(&self, group: String) -> Result<(u64, Option<Rollout>), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.rollout_state(group).await,
+            Store::Postgres(p) => p.rollout_state(group).await,
+        }
+    }
+
+    /// Every group's rollout in progress.
+    pub async fn active_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.active_rollouts().await,
+            Store::Postgres(p) => p.active_rollouts().await,
+        }
+    }
+
+    /// A stored version of a group: `(yaml, signed bundle JSON)`.
+    pub async fn version(
+        &self,
+        group: String,
+        version: u64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.version(group, version).await,
+            Store::Postgres(p) => p.version(group, version).await,
+        }
+    }
+
+    /// Starts a rollout (use [`super::rollout::start`], which also wakes the long-polls).
+    pub async fn rollout_start(
+        &self,
+        group: String,
+        version: u64,
+        canary_percent: u8,
+        canary_labels: BTreeMap<String, String>,
+        actor: String,
+    ) -> Result<Rollout, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.rollout_start(group, version, canary_percent, canary_labels, actor)
+                    .await
+            }
+            Store::Postgres(p) => {
+                p.rollout_start(group, version, canary_percent, canary_labels, actor)
+                    .await
+            }
+        }
+    }
+
+    /// Promotes the group's rollout in progress (use [`super::rollout::promote`]).
+    pub async fn rollout_promote(
+        &self,
+        group: String,
+        actor: String,
+    ) -> Result<Rollout, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.rollout_promote(group, actor).await,
+            Store::Postgres(p) => p.rollout_promote(group, actor).await,
+        }
+    }
+
+    /// Rolls back (use [`super::rollout::rollback`], which signs the new version).
+    pub async fn rollout_rollback(
+        &self,
+        rollout_id: u64,
+        v: NewVersion,
+    ) -> Result<Rollout, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.rollout_rollback(rollout_id, v).await,
+            Store::Postgres(p) => p.rollout_rollback(rollout_id, v).await,
         }
     }
 }
@@ -836,17 +1210,91 @@ fn audit_tx(
     target: &str,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
+    // The record's group (what a group-scoped viewer may see): named in the detail, else the
+    // gateway's group when the target is a gateway, else the target when it names a group.
+    let group = detail
+        .get("group")
+        .and_then(|g| g.as_str())
+        .map(str::to_owned);
     tx.execute(
-        "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO audit (at_ms, actor, action, target, detail, group_name) VALUES (?1, ?2, ?3, ?4, ?5,
+             COALESCE(?6, (SELECT group_name FROM gateways WHERE id = ?4),
+                      CASE WHEN ?3 NOT LIKE 'operator.%' THEN (SELECT name FROM groups WHERE name = ?4) END))",
         params![
             crate::server::unix_now_ms() as i64,
             actor,
             action,
             target,
-            detail.to_string()
+            detail.to_string(),
+            group
         ],
     )?;
     Ok(())
+}
+
+/// The audit action and detail of a publish (or a restore, which is a publish of an old config).
+pub(super) fn publish_audit(v: &NewVersion) -> (&'static str, serde_json::Value) {
+    match v.restored_from {
+        Some(from) => (
+            "config.restore",
+            serde_json::json!({"version": v.version, "sha256": v.sha256, "restored_from": from}),
+        ),
+        None => (
+            "config.publish",
+            serde_json::json!({"version": v.version, "sha256": v.sha256, "assigned": v.assign}),
+        ),
+    }
+}
+
+/// The 409 for changes that need the group's rollout in progress to end first.
+pub(super) fn rollout_in_progress(group: &str) -> StoreError {
+    StoreError::State(format!(
+        "group {group:?} has a rollout in progress: promote or roll it back first"
+    ))
+}
+
+/// `SELECT` list matching [`rollout_row`] / `pg::rollout_row`.
+pub(super) const ROLLOUT_COLS: &str =
+    "id, group_name, version, base_version, canary_percent, canary_labels, state,
+     rollback_version, started_by, started_at_ms, updated_by, updated_at_ms";
+
+fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rollout> {
+    Ok(Rollout {
+        id: r.get::<_, i64>(0)? as u64,
+        group: r.get(1)?,
+        version: r.get::<_, i64>(2)? as u64,
+        base_version: r.get::<_, i64>(3)? as u64,
+        canary_percent: r.get::<_, i64>(4)?.clamp(0, 100) as u8,
+        canary_labels: labels_parse(&r.get::<_, String>(5)?),
+        state: r.get(6)?,
+        rollback_version: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        started_by: r.get(8)?,
+        started_at_ms: r.get::<_, i64>(9)? as u64,
+        updated_by: r.get(10)?,
+        updated_at_ms: r.get::<_, i64>(11)? as u64,
+    })
+}
+
+fn latest_rollout(c: &Connection, group: &str) -> Result<Option<Rollout>, StoreError> {
+    Ok(c.query_row(
+        &format!(
+            "SELECT {ROLLOUT_COLS} FROM rollouts WHERE group_name = ?1 ORDER BY id DESC LIMIT 1"
+        ),
+        params![group],
+        rollout_row,
+    )
+    .optional()?)
+}
+
+fn group_version(c: &Connection, group: &str) -> Result<u64, StoreError> {
+    c.query_row(
+        "SELECT assigned_version FROM groups WHERE name = ?1",
+        params![group],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .map(|v| v as u64)
+    .ok_or_else(|| StoreError::NotFound(format!("no group {group:?}")))
 }
 
 /// Hides a password in a database URL before it is printed.
@@ -864,12 +1312,13 @@ mod tests {
     #[test]
     fn migrations_are_idempotent_and_recorded() {
         let mut c = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut c).unwrap(), 1);
-        assert_eq!(migrate(&mut c).unwrap(), 1);
-        let n: i64 = c
+        let n = MIGRATIONS.len() as i64;
+        assert_eq!(migrate(&mut c).unwrap(), n);
+        assert_eq!(migrate(&mut c).unwrap(), n);
+        let recorded: i64 = c
             .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(recorded, n);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use tollgate_config::{
 };
 
 use crate::pipeline::PathError;
+use crate::stage::limits::Limits;
 
 /// The client-credentials token request for one key, ready to send.
 pub struct OAuth2Spec {
@@ -133,6 +134,20 @@ pub struct ApiCredentials {
     strip_query: Vec<String>,
     allow_plaintext: bool,
     base: Instant,
+    /// The keys' own `limits`, compiled as one list per key (same index as `keys`); `None`
+    /// when no key has limits.
+    key_limits: Option<KeyLimits>,
+}
+
+/// Credential keys' own limits: a limits stage whose "APIs" are the keys.
+#[derive(Debug)]
+struct KeyLimits {
+    api: Arc<str>,
+    api_index: usize,
+    report_mode: bool,
+    limits: Limits,
+    /// Per key, what `tollgate explain` shows of its limits (empty: none).
+    shown: Vec<String>,
 }
 
 /// Loopback names and addresses: plain HTTP there never leaves the machine.
@@ -188,6 +203,106 @@ impl ApiCredentials {
         let key = &self.keys[i];
         key.uses.fetch_add(1, Ordering::Relaxed);
         key
+    }
+
+    /// The key [`Self::pick`] would choose now, without counting a use or moving the
+    /// round-robin turn (the response cache's `credential` key part looks it up before the
+    /// request is forwarded; the forward then prefers it with [`Self::pick_preferred`]).
+    pub fn peek(&self) -> &CredentialKey {
+        let now_ms = self.millis(Instant::now());
+        let n = self.keys.len();
+        let ready = |k: &CredentialKey| {
+            let until = k.skip_until.load(Ordering::Relaxed);
+            until == 0 || until <= now_ms + 1
+        };
+        let chosen = match self.rotation {
+            Rotation::RoundRobin => {
+                let start = self.next.load(Ordering::Relaxed);
+                (0..n)
+                    .map(|j| (start + j) % n)
+                    .find(|&i| ready(&self.keys[i]))
+            }
+            Rotation::LeastUsed => (0..n)
+                .filter(|&i| ready(&self.keys[i]))
+                .min_by_key(|&i| self.keys[i].uses()),
+        };
+        let i = chosen
+            .or_else(|| (0..n).min_by_key(|&i| self.keys[i].skip_until.load(Ordering::Relaxed)))
+            .unwrap_or(0);
+        &self.keys[i]
+    }
+
+    /// Uses the key named `name` when it exists and is not in back-off (moving the
+    /// round-robin turn on by one), else picks as [`Self::pick`] does.
+    pub fn pick_preferred(&self, name: &str) -> &CredentialKey {
+        let now_ms = self.millis(Instant::now());
+        let found = self.keys.iter().find(|k| {
+            let until = k.skip_until.load(Ordering::Relaxed);
+            &*k.name == name && (until == 0 || until <= now_ms + 1)
+        });
+        match found {
+            Some(k) => {
+                self.next.fetch_add(1, Ordering::Relaxed);
+                k.uses.fetch_add(1, Ordering::Relaxed);
+                k
+            }
+            None => self.pick(),
+        }
+    }
+
+    /// Whether any key has its own `limits` (then the proxy picks with [`Self::candidates`],
+    /// [`Self::key_plan`] and [`Self::take`] instead of [`Self::pick`]).
+    pub fn has_key_limits(&self) -> bool {
+        self.key_limits.is_some()
+    }
+
+    /// Key indexes in the order one request should try them: keys not in back-off in rotation
+    /// order (round robin: from this request's turn, which advances by one; least used: fewest
+    /// uses first), then keys in back-off, the one free soonest first. Counts no use.
+    pub fn candidates(&self) -> Vec<usize> {
+        let now_ms = self.millis(Instant::now());
+        let n = self.keys.len();
+        let until = |i: usize| self.keys[i].skip_until.load(Ordering::Relaxed);
+        let ready = |i: &usize| {
+            let u = until(*i);
+            u == 0 || u <= now_ms + 1
+        };
+        let mut order: Vec<usize> = match self.rotation {
+            Rotation::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|j| (start + j) % n).collect()
+            }
+            Rotation::LeastUsed => {
+                let mut v: Vec<usize> = (0..n).collect();
+                v.sort_by_key(|&i| self.keys[i].uses());
+                v
+            }
+        };
+        let (mut first, mut parked): (Vec<usize>, Vec<usize>) = order.drain(..).partition(ready);
+        parked.sort_by_key(|&i| until(i));
+        first.extend(parked);
+        first
+    }
+
+    /// The key at `index` (from [`Self::candidates`]), counting its use.
+    pub fn take(&self, index: usize) -> Option<&CredentialKey> {
+        let key = self.keys.get(index)?;
+        key.uses.fetch_add(1, Ordering::Relaxed);
+        Some(key)
+    }
+
+    /// The plan of key `index`'s own limits for a request of `consumer` with `headers` (for
+    /// the proxy's admission step), or `None` when that key has no limits. Limit names are
+    /// `<key>/<limit>`; the plan's API is the key's API.
+    pub fn key_plan(
+        &self,
+        index: usize,
+        consumer: &str,
+        headers: &HeaderMap,
+    ) -> Option<crate::LimitPlan> {
+        let k = self.key_limits.as_ref()?;
+        k.limits
+            .plan_for(index, k.api_index, &k.api, consumer, headers, k.report_mode)
     }
 
     /// Hook for provider back-off per key: leave `key` out of rotation until
@@ -265,7 +380,17 @@ impl ApiCredentials {
     pub fn describe(&self) -> Vec<String> {
         self.keys
             .iter()
-            .map(|k| format!("key {:?}: {}", &*k.name, k.shown))
+            .enumerate()
+            .map(|(i, k)| {
+                let limits = self
+                    .key_limits
+                    .as_ref()
+                    .and_then(|l| l.shown.get(i))
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!("; own limits: {s}"))
+                    .unwrap_or_default();
+                format!("key {:?}: {}{limits}", &*k.name, k.shown)
+            })
             .collect()
     }
 
@@ -296,7 +421,7 @@ pub(crate) fn percent_encode(s: &str, space_plus: bool) -> String {
 }
 
 /// Decodes `%XX` and `+` (a caller must not sneak `api%5Fkey` past the strip).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -633,6 +758,112 @@ fn compile_api(c: &Credentials, path: &str, errs: &mut Vec<PathError>) -> Option
         strip_query,
         allow_plaintext: c.allow_plaintext,
         base: Instant::now(),
+        key_limits: None,
+    })
+}
+
+/// Compiles the keys' own `limits` of API `i` as a limits stage whose entries are the keys
+/// (limit names become `<key>/<limit>`), with the restrictions of key limits checked first.
+fn compile_key_limits(cfg: &Config, i: usize, errs: &mut Vec<PathError>) -> Option<KeyLimits> {
+    let api = &cfg.apis[i];
+    let c = api.credentials.as_ref()?;
+    if c.keys.iter().all(|k| k.limits.is_empty()) {
+        return None;
+    }
+    let before = errs.len();
+    let mut synthetic = Config::default();
+    let mut shown = Vec::with_capacity(c.keys.len());
+    for (k, key) in c.keys.iter().enumerate() {
+        shown.push(
+            key.limits
+                .iter()
+                .map(|l| {
+                    let scope = match l.scope {
+                        tollgate_config::LimitScope::Local => "local",
+                        tollgate_config::LimitScope::Global => "global",
+                    };
+                    format!("{} ({} per {}, {scope})", l.name, l.requests, l.per)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let mut a = api.clone();
+        a.limits = Vec::with_capacity(key.limits.len());
+        for (j, l) in key.limits.iter().enumerate() {
+            let at = format!("apis[{i}].credentials.keys[{k}].limits[{j}]");
+            let valid = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-');
+            if l.name.is_empty() || !l.name.chars().all(valid) {
+                err(
+                    errs,
+                    format!("{at}.name"),
+                    "must be non-empty: letters, digits, '_', '.', '-'",
+                );
+            } else if key.limits[..j].iter().any(|o| o.name == l.name) {
+                err(
+                    errs,
+                    format!("{at}.name"),
+                    format!("duplicate limit name {:?} in this key", l.name),
+                );
+            }
+            if l.on_limit.queue().is_some() {
+                err(
+                    errs,
+                    format!("{at}.on_limit"),
+                    "a key's limits cannot queue: an exhausted key is skipped and another key is tried",
+                );
+            }
+            if l.shares.is_some() || l.borrow.is_some() || l.default_share.is_some() {
+                err(
+                    errs,
+                    format!("{at}.shares"),
+                    "shares are not supported on a key's limits (put them on the API's limits)",
+                );
+            }
+            if l.cost
+                .as_ref()
+                .is_some_and(|c| c.response_bytes || c.response_json.is_some())
+            {
+                err(
+                    errs,
+                    format!("{at}.cost"),
+                    "a key's limits can only cost 1 or a request header's value",
+                );
+            }
+            if l.scope == tollgate_config::LimitScope::Global && cfg.state.redis.is_none() {
+                err(
+                    errs,
+                    format!("{at}.scope"),
+                    "`scope: global` needs `state.redis` (the shared counter store)",
+                );
+            }
+            let mut l = l.clone();
+            l.name = format!("{}/{}", key.name, l.name);
+            a.limits.push(l);
+        }
+        synthetic.apis.push(a);
+    }
+    let mut inner = Vec::new();
+    let limits = Limits::compile(&synthetic, &mut inner);
+    for e in inner {
+        // `apis[k].limits[j]…` of the synthetic config is `keys[k].limits[j]…` of API i.
+        let path = match e.path.strip_prefix("apis[") {
+            Some(rest) => format!("apis[{i}].credentials.keys[{rest}"),
+            None => e.path,
+        };
+        errs.push(PathError {
+            path,
+            message: e.message,
+        });
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some(KeyLimits {
+        api: Arc::from(api.name.as_str()),
+        api_index: i,
+        report_mode: cfg.report_only || api.mode == tollgate_config::Mode::Report,
+        limits,
+        shown,
     })
 }
 
@@ -664,7 +895,8 @@ impl CredentialStage {
                     "the API's credentials would be sent over plain http: use https, or set credentials.allow_plaintext: true",
                 );
             }
-            if let Some(compiled) = compile_api(c, &format!("apis[{i}].credentials"), errs) {
+            if let Some(mut compiled) = compile_api(c, &format!("apis[{i}].credentials"), errs) {
+                compiled.key_limits = compile_key_limits(cfg, i, errs);
                 out.apis.insert(Arc::from(api.name.as_str()), compiled);
             }
         }

@@ -284,6 +284,84 @@ fn keys_travel_over_plain_http_only_to_loopback_or_when_allowed() {
     );
 }
 
+#[test]
+fn candidates_peek_and_preferred_keep_the_rotation_moving() {
+    let p = three_keys("round_robin");
+    let c = p.credentials("x").unwrap();
+    let now = Instant::now();
+    assert_eq!(&*c.peek().name, "a");
+    assert_eq!(&*c.peek().name, "a", "peeking counts nothing");
+    assert_eq!(&*c.pick_preferred("a").name, "a");
+    assert_eq!(&*c.peek().name, "b");
+    // A preferred key in back-off is not used: the rotation picks.
+    c.skip_key("c", now + Duration::from_secs(30));
+    assert_eq!(&*c.pick_preferred("c").name, "b");
+    // Candidates: from this request's turn, keys in back-off last.
+    let order: Vec<&str> = c.candidates().iter().map(|&i| &*c.keys()[i].name).collect();
+    assert_eq!(order, ["a", "b", "c"]);
+    assert_eq!(c.keys()[2].uses(), 0);
+    assert_eq!(&*c.take(1).unwrap().name, "b");
+    assert!(c.take(9).is_none());
+    assert!(!c.has_key_limits());
+}
+
+#[test]
+fn key_limits_compile_into_per_key_plans_and_are_checked() {
+    let p = creds(json!({ "keys": [
+        { "name": "a", "header": "x-key", "value": "A",
+          "limits": [{ "name": "minute", "requests": 2, "per": "1m" },
+                     { "name": "tenant", "requests": 5, "per": "1h", "by": "header:x-tenant" }] },
+        { "name": "b", "header": "x-key", "value": "B" }
+    ]}));
+    let c = p.credentials("x").unwrap();
+    assert!(c.has_key_limits());
+    let mut h = HeaderMap::new();
+    h.insert("x-tenant", HeaderValue::from_static("t1"));
+    let plan = c.key_plan(0, "alice", &h).unwrap();
+    assert_eq!(&*plan.api, "x");
+    let names: Vec<&str> = plan.limits.iter().map(|l| &*l.name).collect();
+    assert_eq!(names, ["a/minute", "a/tenant"]);
+    assert_eq!(plan.limits[0].request.key, "x:a/minute:-");
+    assert!(plan.limits[1].request.key.starts_with("x:a/tenant:"));
+    assert!(!plan.limits[1].request.key.contains("t1"));
+    assert!(c.key_plan(1, "alice", &h).is_none(), "b has no limits");
+    let shown = c.describe();
+    assert!(
+        shown[0].ends_with("own limits: minute (2 per 1m, local), tenant (5 per 1h, local)"),
+        "{shown:?}"
+    );
+    assert!(!shown[1].contains("own limits"));
+    let store = tollgate_state::LocalStore::new();
+    assert!(plan.decide_local(&store, true).admitted);
+    assert!(plan.decide_local(&store, true).admitted);
+    let third = plan.decide_local(&store, true);
+    assert!(!third.admitted && third.tightest().unwrap().name.as_ref() == "a/minute");
+
+    let errs = compile_errors(
+        json!({ "apis": [{ "name": "x", "hosts": ["x.example"], "credentials": { "keys": [
+            { "name": "a", "header": "x-key", "value": "A", "limits": [
+                { "name": "q", "requests": 2, "per": "1m", "on_limit": { "queue": "5s" } },
+                { "name": "q", "requests": 0, "per": "1m" },
+                { "name": "g", "requests": 2, "per": "1m", "scope": "global" },
+                { "name": "w", "requests": 2, "per": "7s" }
+            ]}
+        ]}}]}),
+    );
+    let got: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    for want in [
+        "apis[0].credentials.keys[0].limits[0].on_limit: a key's limits cannot queue",
+        "apis[0].credentials.keys[0].limits[1].name: duplicate limit name",
+        "apis[0].credentials.keys[0].limits[1].requests: must be at least 1",
+        "apis[0].credentials.keys[0].limits[2].scope: `scope: global` needs `state.redis`",
+        "apis[0].credentials.keys[0].limits[3].per: a fixed window must be",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "{want} missing from {got:#?}"
+        );
+    }
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
         "tollgate-cred-{}-{:?}",

@@ -48,8 +48,11 @@ struct Detector {
 /// How a body's bytes are laid out, which decides how it is scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
-    /// JSON, text and other scanned types: scanned as they are.
+    /// Text and other scanned types: scanned as they are.
     Raw,
+    /// JSON (`application/json`, `*+json`): string escapes (`\uXXXX`, `\n` …) are decoded
+    /// before scanning; a redacted match inside a string keeps the document valid JSON.
+    Json,
     /// `application/x-www-form-urlencoded`: each name and value is percent-decoded
     /// before scanning, and re-encoded when redacted.
     Form,
@@ -277,10 +280,10 @@ impl DlpProfile {
         if media == "text/event-stream" {
             return None;
         }
-        let scanned = media == "application/json"
-            || media.ends_with("+json")
-            || media.starts_with("text/")
-            || self.any_type;
+        if media == "application/json" || media.ends_with("+json") {
+            return Some(BodyKind::Json);
+        }
+        let scanned = media.starts_with("text/") || self.any_type;
         scanned.then_some(BodyKind::Raw)
     }
 
@@ -288,6 +291,7 @@ impl DlpProfile {
     pub fn scan(&self, body: &[u8], kind: BodyKind, report_mode: bool) -> Scan {
         match kind {
             BodyKind::Raw => self.scan_raw(body, report_mode),
+            BodyKind::Json => self.scan_json(body, report_mode),
             BodyKind::Form => self.scan_form(body, report_mode),
         }
     }
@@ -386,6 +390,38 @@ impl DlpProfile {
         let mut scan = self.tally(&found, report_mode);
         if scan.blocked_by.is_none() && self.redacts(&found) {
             scan.redacted = Some(self.redact(body, &found));
+        }
+        scan
+    }
+
+    /// JSON: scanned with its string escapes decoded (dlp_json.rs); a redact match replaces
+    /// the raw bytes that encoded it with the mask, escaped for a JSON string.
+    fn scan_json(&self, body: &[u8], report_mode: bool) -> Scan {
+        let Some(decoded) = super::dlp_json::decode(body) else {
+            return self.scan_raw(body, report_mode);
+        };
+        let found = self.matches(&decoded.text);
+        let mut scan = self.tally(&found, report_mode);
+        if scan.blocked_by.is_none() && self.redacts(&found) {
+            let mut out = Vec::with_capacity(body.len());
+            let mut at = 0;
+            for &(s, e, i) in &found {
+                let d = &self.detectors[i];
+                if d.action != DlpAction::Redact {
+                    continue;
+                }
+                let (rs, re) = decoded.raw_range(s, e);
+                if rs < at {
+                    continue;
+                }
+                out.extend_from_slice(&body[at..rs]);
+                out.extend_from_slice(b"[REDACTED:");
+                super::dlp_json::push_escaped(&mut out, d.name.as_bytes());
+                out.push(b']');
+                at = re;
+            }
+            out.extend_from_slice(&body[at..]);
+            scan.redacted = Some(out);
         }
         scan
     }

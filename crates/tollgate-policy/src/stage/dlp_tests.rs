@@ -285,11 +285,11 @@ fn content_types_decide_what_is_scanned() {
     let p = s.profile("a", None).unwrap().profile;
     assert_eq!(
         p.body_kind(Some("application/json; charset=utf-8")),
-        Some(BodyKind::Raw)
+        Some(BodyKind::Json)
     );
     assert_eq!(
         p.body_kind(Some("application/vnd.api+json")),
-        Some(BodyKind::Raw)
+        Some(BodyKind::Json)
     );
     assert_eq!(p.body_kind(Some("text/plain")), Some(BodyKind::Raw));
     assert_eq!(p.body_kind(Some("Application/XML")), Some(BodyKind::Raw));
@@ -418,4 +418,38 @@ consumers:
         .unwrap()
         .to_string();
     assert!(err.contains("visa"), "{err}");
+}
+
+#[test]
+fn json_escapes_are_decoded_before_scanning_and_redaction_keeps_valid_json() {
+    let s = stage(&api_yaml("{ detectors: { card: redact, email: report } }"));
+    let d = s.profile("a", None).unwrap();
+    // 4111111111111111 with every digit written as \u00XX, and an e-mail with \u0040.
+    let card: String = "4111111111111111"
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let body = format!(r#"{{"note":"pay \"{card}\" now","to":"a\u0040b.example","n":1}}"#);
+    let scan = d.profile.scan(body.as_bytes(), BodyKind::Json, false);
+    assert_eq!(scan.summary(), "card:1,email:1");
+    let out = String::from_utf8(scan.redacted.unwrap()).unwrap();
+    assert_eq!(
+        out,
+        r#"{"note":"pay \"[REDACTED:card]\" now","to":"a\u0040b.example","n":1}"#
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["note"], "pay \"[REDACTED:card]\" now");
+    // The same body scanned raw finds nothing: the escapes hide it.
+    assert!(
+        d.profile
+            .scan(body.as_bytes(), BodyKind::Raw, false)
+            .findings
+            .is_empty()
+    );
+    // A PEM key whose line breaks are written as \n is found too.
+    let s = stage(&api_yaml("{ detectors: { private_key: block } }"));
+    let d = s.profile("a", None).unwrap();
+    let pem = r#"{"k":"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"}"#;
+    let scan = d.profile.scan(pem.as_bytes(), BodyKind::Json, false);
+    assert_eq!(scan.blocked_by.as_deref(), Some("private_key"));
 }

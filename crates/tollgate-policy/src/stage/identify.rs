@@ -1,13 +1,15 @@
 //! Identify stage: which configured consumer is calling.
 //!
 //! Methods are tried in a fixed order: API keys (named headers first, then
-//! `Proxy-Authorization: Basic`/`Bearer`, then on routes `Authorization:
-//! Bearer`), the verified client certificate on the TLS listener (URI SAN,
+//! named query parameters, then `Proxy-Authorization: Basic`/`Bearer`, then on
+//! routes `Authorization: Bearer`), the verified client certificate on the TLS listener (URI SAN,
 //! then DNS SAN, then subject CN rules; a certificate no rule names falls
 //! through), trusted identity headers, then the connection's source address
 //! (most specific CIDR wins). Keys are compared in constant time against every
-//! configured key so timing reveals neither the key nor which consumer owns it
-//! (only its length, as `subtle` short-circuits on length).
+//! configured key so timing reveals neither the key nor which consumer owns it.
+//! Keys are held and compared as SHA-256 digests (`key` is hashed at compile
+//! time, `key_sha256` is given hashed), so the comparison does not even depend
+//! on the key's length.
 //!
 //! Refusals the client sees (`consumer_unidentified`, 407 on the proxy, 401 on
 //! routes):
@@ -30,8 +32,9 @@ use base64::Engine as _;
 use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use sha2::{Digest as _, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
-use tollgate_config::{Config, Identify, Secret, UnknownConsumerAction};
+use tollgate_config::{ApiKeyIdentity, Config, Identify, UnknownConsumerAction};
 
 use super::Ctx;
 use super::access::Access;
@@ -57,10 +60,14 @@ pub(crate) enum Identity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Via {
     KeyHeader(usize),
+    /// An API key in the query parameter `key_queries[i]` (removed before forwarding).
+    Query(usize),
     ProxyAuthorization,
     Authorization,
     Header(usize),
     ClientCert(CertField),
+    /// A verified JWT from `auth.jwt[i]`.
+    Jwt(usize),
     Source(IpNet),
 }
 
@@ -72,10 +79,18 @@ pub(crate) enum CertField {
     SubjectCn,
 }
 
+/// One API key, as the SHA-256 of its value (never the value itself).
 #[derive(Debug)]
 struct Key {
-    secret: Secret,
+    digest: [u8; 32],
     consumer: u32,
+}
+
+/// API keys carried in one configured query parameter.
+#[derive(Debug)]
+struct KeyQuery {
+    name: String,
+    keys: Vec<Key>,
 }
 
 /// API keys carried in one configured header.
@@ -96,6 +111,7 @@ struct IdHeader {
 #[derive(Debug, Default)]
 pub(crate) struct Identifier {
     key_headers: Vec<KeyHeader>,
+    key_queries: Vec<KeyQuery>,
     /// Keys presented in `Proxy-Authorization` (or `Authorization` on routes).
     default_keys: Vec<Key>,
     id_headers: Vec<IdHeader>,
@@ -104,6 +120,7 @@ pub(crate) struct Identifier {
     /// Most specific first.
     sources: Vec<(IpNet, usize)>,
     strip: Vec<HeaderName>,
+    jwt: super::jwt::JwtVerifier,
 }
 
 fn header_name(name: &str, path: String, errs: &mut Vec<PathError>) -> Option<HeaderName> {
@@ -144,10 +161,13 @@ fn parse_source(s: &str) -> Option<IpNet> {
 
 impl Identifier {
     pub(crate) fn compile(cfg: &Config, errs: &mut Vec<PathError>) -> Self {
-        let mut out = Self::default();
+        let mut out = Self {
+            jwt: super::jwt::JwtVerifier::compile(cfg, errs),
+            ..Self::default()
+        };
         // Keys seen so far with their consumer, to refuse duplicates (which
         // would make identity depend on config order).
-        let mut all_keys: Vec<(Secret, usize)> = Vec::new();
+        let mut all_keys: Vec<([u8; 32], usize)> = Vec::new();
         for (i, consumer) in cfg.consumers.iter().enumerate() {
             let Ok(idx) = u32::try_from(i) else { continue };
             match &consumer.identify {
@@ -183,20 +203,10 @@ impl Identifier {
                 }
                 Identify::ApiKey(k) => {
                     let path = format!("consumers[{i}].identify.api_key");
-                    let secret = match k.key.resolve() {
-                        Ok(s) => s,
-                        Err(e) => {
-                            // SecretError names the reference, never the value.
-                            errs.push(PathError {
-                                path: format!("{path}.key"),
-                                message: format!("cannot resolve the API key: {e}"),
-                            });
-                            continue;
-                        }
+                    let Some(digest) = key_digest(k, &path, errs) else {
+                        continue;
                     };
-                    if let Some((_, prev)) =
-                        all_keys.iter().find(|(s, _)| s.expose() == secret.expose())
-                    {
+                    if let Some((_, prev)) = all_keys.iter().find(|(d, _)| *d == digest) {
                         errs.push(PathError {
                             path: format!("{path}.key"),
                             message: format!(
@@ -205,14 +215,34 @@ impl Identifier {
                         });
                         continue;
                     }
-                    all_keys.push((secret.clone(), i));
+                    all_keys.push((digest, i));
                     let key = Key {
-                        secret,
+                        digest,
                         consumer: idx,
                     };
-                    match &k.header {
-                        None => out.default_keys.push(key),
-                        Some(h) => {
+                    match (&k.header, &k.query) {
+                        (Some(_), Some(_)) => errs.push(PathError {
+                            path,
+                            message: "set at most one of header and query".to_owned(),
+                        }),
+                        (None, None) => out.default_keys.push(key),
+                        (None, Some(q)) => {
+                            if q.is_empty() || q.contains(['&', '=', '#', ' ']) {
+                                errs.push(PathError {
+                                    path: format!("{path}.query"),
+                                    message: format!("{q:?} is not a plain query parameter name"),
+                                });
+                                continue;
+                            }
+                            match out.key_queries.iter_mut().find(|g| g.name == *q) {
+                                Some(g) => g.keys.push(key),
+                                None => out.key_queries.push(KeyQuery {
+                                    name: q.clone(),
+                                    keys: vec![key],
+                                }),
+                            }
+                        }
+                        (Some(h), None) => {
                             let Some(name) = header_name(h, format!("{path}.header"), errs) else {
                                 continue;
                             };
@@ -235,6 +265,8 @@ impl Identifier {
                         }
                     }
                 }
+                // Compiled by `JwtVerifier::compile`.
+                Identify::Jwt(_) => {}
                 Identify::ClientCert(c) => {
                     let path = format!("consumers[{i}].identify.client_cert");
                     let rule = match (&c.uri, &c.dns, &c.subject_cn) {
@@ -307,6 +339,32 @@ impl Identifier {
         &self.strip
     }
 
+    /// Every `auth.jwt` issuer's key set (the proxy fetches them).
+    pub(crate) fn jwks(&self) -> impl Iterator<Item = &std::sync::Arc<super::jwt::Jwks>> + '_ {
+        self.jwt.jwks()
+    }
+
+    /// The key set a route request's JWT needs but lacks its `kid`.
+    pub(crate) fn jwt_missing_key(
+        &self,
+        headers: &HeaderMap,
+    ) -> Option<&std::sync::Arc<super::jwt::Jwks>> {
+        if self.jwt.is_empty() {
+            return None;
+        }
+        let v = single(headers, &AUTHORIZATION).ok()??;
+        let token = bearer(v.as_bytes()).filter(|t| super::jwt::looks_like_jwt(t))?;
+        self.jwt.missing_key(token)
+    }
+
+    /// The upstream path and query without the API key the consumer was
+    /// identified by, when that key came in a query parameter.
+    pub(crate) fn strip_query(&self, via: Via, path_and_query: &str) -> Option<String> {
+        let Via::Query(g) = via else { return None };
+        let name = &self.key_queries.get(g)?.name;
+        Some(remove_query_param(path_and_query, name))
+    }
+
     pub(crate) fn identify(&self, req: &RequestInfo<'_>) -> Identity {
         for (g, group) in self.key_headers.iter().enumerate() {
             match single(req.headers, &group.name) {
@@ -320,6 +378,25 @@ impl Identifier {
                         },
                         None => Identity::Rejected("the API key is not valid"),
                     };
+                }
+            }
+        }
+        if let Some(query) = req.query.filter(|_| req.kind != TrafficKind::Connect) {
+            for (g, group) in self.key_queries.iter().enumerate() {
+                match query_single(query, &group.name) {
+                    Err(()) => {
+                        return Identity::Rejected("the API key query parameter is repeated");
+                    }
+                    Ok(None) => {}
+                    Ok(Some(v)) => {
+                        return match find_key(&group.keys, v.as_bytes()) {
+                            Some(consumer) => Identity::Known {
+                                consumer,
+                                via: Via::Query(g),
+                            },
+                            None => Identity::Rejected("the API key is not valid"),
+                        };
+                    }
                 }
             }
         }
@@ -350,6 +427,20 @@ impl Identifier {
                     via: Via::Authorization,
                 };
             }
+        }
+        if req.kind == TrafficKind::Route
+            && !self.jwt.is_empty()
+            && let Ok(Some(v)) = single(req.headers, &AUTHORIZATION)
+            && let Some(token) = bearer(v.as_bytes())
+            && super::jwt::looks_like_jwt(token)
+        {
+            return match self.jwt.verify(token) {
+                Ok((issuer, consumer)) => Identity::Known {
+                    consumer,
+                    via: Via::Jwt(issuer),
+                },
+                Err(why) => Identity::Rejected(why),
+            };
         }
         if let Some(cert) = req.client_cert
             && let Some(&(field, _, consumer)) = self
@@ -441,6 +532,10 @@ impl Identifier {
                 "by API key in header {}",
                 self.key_headers.get(g).map_or("?", |g| g.name.as_str())
             ),
+            Via::Query(g) => format!(
+                "by API key in query parameter {} (removed before forwarding)",
+                self.key_queries.get(g).map_or("?", |g| g.name.as_str())
+            ),
             Via::ProxyAuthorization => "by API key in Proxy-Authorization".to_owned(),
             Via::Authorization => {
                 "by API key in Authorization (removed before forwarding)".to_owned()
@@ -452,9 +547,103 @@ impl Identifier {
             Via::ClientCert(CertField::Uri) => "by client certificate URI SAN".to_owned(),
             Via::ClientCert(CertField::Dns) => "by client certificate DNS SAN".to_owned(),
             Via::ClientCert(CertField::SubjectCn) => "by client certificate subject CN".to_owned(),
+            Via::Jwt(i) => format!("by JWT from issuer {}", self.jwt.issuer_name(i)),
             Via::Source(net) => format!("by source address in {net}"),
         }
     }
+}
+
+/// The SHA-256 of an `api_key`'s key: hashed here from `key`, or decoded from
+/// `key_sha256`. Errors name the field, never the value.
+fn key_digest(k: &ApiKeyIdentity, path: &str, errs: &mut Vec<PathError>) -> Option<[u8; 32]> {
+    match (&k.key, &k.key_sha256) {
+        (Some(r), None) => match r.resolve() {
+            Ok(secret) if !secret.expose().is_empty() => {
+                Some(Sha256::digest(secret.expose().as_bytes()).into())
+            }
+            Ok(_) => {
+                errs.push(PathError {
+                    path: format!("{path}.key"),
+                    message: "the API key is empty".to_owned(),
+                });
+                None
+            }
+            Err(e) => {
+                // SecretError names the reference, never the value.
+                errs.push(PathError {
+                    path: format!("{path}.key"),
+                    message: format!("cannot resolve the API key: {e}"),
+                });
+                None
+            }
+        },
+        (None, Some(hex)) => {
+            let d = parse_sha256(hex);
+            if d.is_none() {
+                errs.push(PathError {
+                    path: format!("{path}.key_sha256"),
+                    message: "must be 64 hex digits (the SHA-256 of the key)".to_owned(),
+                });
+            }
+            d
+        }
+        _ => {
+            errs.push(PathError {
+                path: path.to_owned(),
+                message: "set exactly one of key and key_sha256".to_owned(),
+            });
+            None
+        }
+    }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.trim().as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let s = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The percent-decoded value of the query parameter `name`; `Err` when it is repeated.
+fn query_single(query: &str, name: &str) -> Result<Option<String>, ()> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if super::credentials::percent_decode(n) != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(());
+        }
+        found = Some(super::credentials::percent_decode(v));
+    }
+    Ok(found)
+}
+
+/// `path_and_query` without the query parameter `name` (every occurrence).
+fn remove_query_param(path_and_query: &str, name: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let n = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            super::credentials::percent_decode(n) != name
+        })
+        .collect();
+    let mut out = path.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    out
 }
 
 /// Does the certificate carry `value` (already lower-case for DNS) in `field`?
@@ -480,10 +669,11 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h He
 /// matching consumer. All keys are always compared, so the time taken does
 /// not depend on which (if any) matched.
 fn find_key(keys: &[Key], presented: &[u8]) -> Option<usize> {
+    let digest: [u8; 32] = Sha256::digest(presented).into();
     // 0 = none; otherwise consumer index + 1.
     let mut found: u32 = 0;
     for key in keys {
-        let eq = key.secret.expose().as_bytes().ct_eq(presented);
+        let eq = key.digest.ct_eq(&digest);
         found.conditional_assign(&key.consumer.saturating_add(1), eq);
     }
     found.checked_sub(1).map(|c| c as usize)
@@ -763,7 +953,7 @@ mod tests {
             .iter()
             .zip(7u32..)
             .map(|(k, c)| Key {
-                secret: Secret::new((*k).to_owned()),
+                digest: Sha256::digest(k.as_bytes()).into(),
                 consumer: c,
             })
             .collect();
@@ -901,6 +1091,78 @@ mod tests {
         );
         assert!(
             paths.contains(&"consumers[2].identify.client_cert"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn query_keys_identify_and_are_removed_from_the_target() {
+        let digest: String = Sha256::digest(b"hashed-key")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let p = policy(json!({
+            "unknown_consumer": { "action": "deny" },
+            "apis": [{ "name": "in", "route": "/in", "upstream": "http://127.0.0.1:9" }],
+            "consumers": [
+                { "name": "q", "identify": { "api_key": { "key": "query-key", "query": "api_key" } } },
+                { "name": "h", "identify": { "api_key": { "key_sha256": digest, "header": "x-api-key" } } }
+            ]
+        }));
+        let e = Req::route("/in/x?a=1&api_key=query-key&b=2").eval(&p);
+        assert_eq!((consumer(&e), denied(&e)), (Some("q"), None));
+        let target = e.target.as_ref().map(|t| t.path_and_query.as_str());
+        assert_eq!(target, Some("/x?a=1&b=2"));
+        let e = Req::route("/in/x?api_key=query%2Dkey").eval(&p);
+        assert_eq!(consumer(&e), Some("q"));
+        assert_eq!(
+            e.target.as_ref().map(|t| t.path_and_query.as_str()),
+            Some("/x")
+        );
+        // Wrong or repeated keys are refused, never anonymous.
+        for q in [
+            "/in/x?api_key=nope",
+            "/in/x?api_key=query-key&api_key=query-key",
+        ] {
+            assert_eq!(
+                denied(&Req::route(q).eval(&p)),
+                Some("consumer_unidentified"),
+                "{q}"
+            );
+        }
+        // A hashed key matches the key it is the digest of, and nothing else.
+        let e = Req::route("/in/x")
+            .header("x-api-key", "hashed-key")
+            .eval(&p);
+        assert_eq!(consumer(&e), Some("h"));
+        let e = Req::route("/in/x")
+            .header("x-api-key", "hashed-kez")
+            .eval(&p);
+        assert_eq!(denied(&e), Some("consumer_unidentified"));
+    }
+
+    #[test]
+    fn api_key_settings_are_checked() {
+        let errs = compile_errors(json!({
+            "consumers": [
+                { "name": "a", "identify": { "api_key": { "key": "k", "key_sha256": "00" } } },
+                { "name": "b", "identify": { "api_key": { "key_sha256": "xyz" } } },
+                { "name": "c", "identify": { "api_key": { "key": "k2", "header": "x-k", "query": "k" } } },
+                { "name": "d", "identify": { "api_key": { "key": "k3", "query": "a&b" } } },
+                { "name": "e", "identify": { "api_key": { "key_sha256": "015f7e6bc5aeaf483724089e9252cc13b50951a6b69412522765cff4d780306e" } } }
+            ]
+        }));
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "consumers[0].identify.api_key",
+                "consumers[1].identify.api_key.key_sha256",
+                "consumers[2].identify.api_key",
+                "consumers[3].identify.api_key.query",
+                // sha256("k2"): the key consumers[2] already uses.
+                "consumers[4].identify.api_key.key",
+            ],
             "{errs:?}"
         );
     }

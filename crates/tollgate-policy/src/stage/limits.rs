@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use tollgate_config::{Config, LimitAlgorithm, LimitBy, LimitScope, OnStoreFailure};
-use tollgate_state::{Decision, LimitRequest, LimitSpec, LocalStore, Window};
+use tollgate_state::{Decision, LimitRequest, LimitSpec, LocalStore, Window, Zone};
 
 use crate::error::{ErrorCode, GatewayError};
 use crate::pipeline::PathError;
@@ -297,6 +297,14 @@ fn fixed_window(per_ms: u128) -> Option<Window> {
     }
 }
 
+/// The zone of a limit's `time_zone` (a fixed offset or an IANA name).
+fn zone_of(tz: &str) -> Result<Zone, String> {
+    match tollgate_config::traffic::parse_time_zone(tz)? {
+        tollgate_config::traffic::TimeZoneSetting::Offset(m) => Ok(Zone::Fixed(m)),
+        tollgate_config::traffic::TimeZoneSetting::Iana(name) => Zone::named(&name),
+    }
+}
+
 fn secs_ceil(ms: u128) -> u64 {
     u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX).max(1)
 }
@@ -328,23 +336,24 @@ impl Limits {
                 }
                 let (spec, quota, window_secs) = match l.algorithm {
                     LimitAlgorithm::Fixed => {
+                        let zone = match l.time_zone.as_deref().map(zone_of) {
+                            None => Zone::UTC,
+                            Some(Ok(z)) => z,
+                            Some(Err(m)) => {
+                                bad("time_zone", &m);
+                                continue;
+                            }
+                        };
                         let window = if l.per.is_month() {
-                            let utc_offset_minutes = match l.time_zone.as_deref() {
-                                None => 0,
-                                Some(tz) => match tollgate_config::parse_utc_offset(tz) {
-                                    Ok(m) => m,
-                                    Err(m) => {
-                                        bad("time_zone", &m);
-                                        continue;
-                                    }
-                                },
-                            };
                             Window::Month {
-                                utc_offset_minutes,
+                                zone,
                                 renewal_day: l.renewal_day.unwrap_or(1).clamp(1, 31),
                             }
                         } else if let Some(w) = fixed_window(per_ms) {
-                            w
+                            match w {
+                                Window::Day if zone != Zone::UTC => Window::LocalDay { zone },
+                                w => w,
+                            }
                         } else {
                             bad(
                                 "per",
@@ -535,6 +544,60 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// The plan of one compiled list's limits for a request known only by its consumer and
+    /// headers: used for credential keys' own limits (credentials.rs), charged when the key is
+    /// picked. `by: endpoint` counts as `*` there. `list` indexes this stage's lists; the plan
+    /// carries `api_index` (the real API's index).
+    pub(crate) fn plan_for(
+        &self,
+        list: usize,
+        api_index: usize,
+        api_name: &Arc<str>,
+        consumer: &str,
+        headers: &http::HeaderMap,
+        report_mode: bool,
+    ) -> Option<LimitPlan> {
+        let entries = self.apis.get(list).filter(|l| !l.is_empty())?;
+        let who = Who {
+            api: api_index,
+            api_name,
+            consumer,
+            rule: None,
+        };
+        let limits = entries
+            .iter()
+            .map(|l| {
+                let cost = match &l.cost_header {
+                    Some(h) => headers
+                        .get(h)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .filter(|&n| n >= 1)
+                        .unwrap_or(1)
+                        .min(l.quota.max(1)),
+                    None => 1,
+                };
+                PlannedLimit {
+                    name: l.name.clone(),
+                    quota: l.quota,
+                    window_secs: l.window_secs,
+                    scope: l.scope,
+                    on_store_failure: l.on_store_failure,
+                    request: LimitRequest::new(key_with(l, headers, &who), l.spec, cost),
+                    response_cost: None,
+                }
+            })
+            .collect();
+        Some(LimitPlan {
+            api: api_name.clone(),
+            api_index,
+            report_mode,
+            limits,
+        })
+    }
+}
+
 /// The request's cost: the `cost.header` value (whole number ≥ 1; missing or invalid → 1),
 /// capped at the quota so a heavy request can still pass an empty window.
 fn cost(l: &Compiled, req: &RequestInfo<'_>) -> u64 {
@@ -564,6 +627,10 @@ pub(crate) struct Who<'a> {
 }
 
 fn key(l: &Compiled, req: &RequestInfo<'_>, who: &Who<'_>) -> String {
+    key_with(l, req.headers, who)
+}
+
+fn key_with(l: &Compiled, headers: &http::HeaderMap, who: &Who<'_>) -> String {
     let mut k = String::with_capacity(l.key_prefix.len() + 17);
     k.push_str(&l.key_prefix);
     match &l.by {
@@ -575,7 +642,7 @@ fn key(l: &Compiled, req: &RequestInfo<'_>, who: &Who<'_>) -> String {
             }
             None => k.push('*'),
         },
-        By::Header(name) => match req.headers.get(name) {
+        By::Header(name) => match headers.get(name) {
             Some(v) => {
                 let _ = write!(k, "{:016x}", fnv1a(v.as_bytes()));
             }

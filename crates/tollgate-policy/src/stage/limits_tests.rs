@@ -293,7 +293,7 @@ fn cost_header_weighs_requests_and_month_windows_compile() {
         LimitSpec::FixedWindow {
             limit: 100,
             window: Window::Month {
-                utc_offset_minutes: 120,
+                zone: tollgate_state::Zone::Fixed(120),
                 renewal_day: 31
             }
         }

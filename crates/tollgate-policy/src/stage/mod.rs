@@ -7,10 +7,12 @@ pub(crate) mod access;
 pub(crate) mod credentials;
 pub mod dlp;
 pub(crate) mod dlp_detectors;
+pub(crate) mod dlp_json;
 #[cfg(test)]
 mod dlp_tests;
 pub(crate) mod headers;
 pub(crate) mod identify;
+pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod resolve;
 pub(crate) mod shares;

@@ -154,7 +154,14 @@ impl Resolver {
                     errs.push(PathError { path, message });
                 }
             }
-            let upstream = api.upstream.as_deref().map(|u| {
+            // An upstream group's route starts at its first target; the proxy picks the
+            // target of each attempt (tollgate-proxy `balance.rs`).
+            let group_url = api
+                .upstream_group
+                .as_ref()
+                .and_then(|g| g.targets.first())
+                .map(|t| t.url.as_str());
+            let upstream = api.upstream.as_deref().or(group_url).map(|u| {
                 parse_upstream(u).map_err(|message| {
                     errs.push(PathError {
                         path: format!("apis[{i}].upstream"),
