@@ -22,10 +22,9 @@ from test_usage import db  # noqa: F401  (fixture: SQLite, or a throw-away Postg
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import NoSuchElementException
+    from selenium.common.exceptions import NoSuchElementException, WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # pragma: no cover - reported as a skip below
     webdriver = None
@@ -80,10 +79,21 @@ def one(d, sel):
 
 def navigating(d, action) -> None:
     """Runs `action` (a click or a form submit) and waits until the next page has loaded."""
-    old = one(d, "html")
+    # A marker on the current window object disappears when the next document replaces it.
+    # (Polling the old <html> element for staleness races with Chromium's navigation: while the
+    # old document is torn down, the driver can answer with a generic inspector error instead of
+    # a stale-element one.)
+    d.execute_script("window.__tgOldPage = true;")
     action()
-    WebDriverWait(d, 10).until(EC.staleness_of(old))
-    WebDriverWait(d, 10).until(lambda drv: drv.execute_script("return document.readyState") == "complete")
+
+    def loaded(drv) -> bool:
+        try:
+            return drv.execute_script(
+                "return window.__tgOldPage !== true && document.readyState === 'complete';")
+        except WebDriverException:
+            return False  # between documents
+
+    WebDriverWait(d, 10).until(loaded)
 
 
 def click(d, sel: str) -> None:

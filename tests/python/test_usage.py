@@ -29,12 +29,13 @@ from test_managed import RealControlPlane, RealManagedGateway, policy
 class UsageGateway(RealManagedGateway):
     """A managed gateway draining usage every second (the default is a minute)."""
 
-    def __init__(self, *a, buffer_max: int | None = None, **kw):
+    def __init__(self, *a, buffer_max: int | None = None, interval: int = 1, **kw):
         self.buffer_max = buffer_max
+        self.interval = interval
         super().__init__(*a, **kw)
 
     def command(self) -> list[str]:
-        cmd = super().command() + ["--usage-interval", "1"]
+        cmd = super().command() + ["--usage-interval", str(self.interval)]
         if self.buffer_max is not None:
             cmd += ["--usage-buffer-max-bytes", str(self.buffer_max)]
         return cmd
@@ -173,6 +174,32 @@ def test_usage_counted_exactly_once_through_outage_crash_and_replay(db, fleet, u
     assert by_ep == {"GET /v1/items/{id}": 11, "GET /v2/secret": 3}, by_ep
 
 
+def test_sigkill_loses_at_most_the_persist_interval(db, fleet, upstream, tmp_path):
+    """With the default 60 s upload interval, usage still reaches the disk buffer every 5 s
+    (each drain its own batch): requests sent more than 5 s before a SIGKILL are counted,
+    exactly once, and the server sums the several batches of one minute."""
+    real, gateway = fleet
+    state = tmp_path / "state"
+    gw = gateway(state, interval=60)
+
+    def accounted() -> int:  # on disk, or already uploaded (a slow run may reach the 60 s tick)
+        return buffered_requests(state) + totals(real)["requests"]
+
+    send(gw, upstream, ok=3, denied=0)
+    assert wait_until(lambda: accounted() == 3, timeout=15), segments(state)
+    send(gw, upstream, ok=1, denied=1)
+    assert wait_until(lambda: accounted() == 5, timeout=15), segments(state)
+    assert len(segments(state)) >= 2 or totals(real)["requests"] > 0, segments(state)
+    gw.kill()  # SIGKILL: no graceful drain
+
+    gw2 = gateway(state, enroll=False, interval=60)
+    # The restarted gateway uploads the buffer at once (its first tick).
+    assert wait_until(lambda: not segments(state) and totals(real)["requests"] == 5, timeout=20), \
+        (totals(real), segments(state), gw2.stderr_text()[-2000:])
+    t = totals(real)
+    assert (t["requests"], t["cost"]) == (5, 4), t
+
+
 def limited_policy() -> str:
     """policy('/v1') plus an hourly limit per consumer (for quota usage)."""
     return to_yaml(base_config(default_action="deny", apis=[{
@@ -267,7 +294,7 @@ def test_bounded_buffer_evicts_oldest_and_counts_it(fleet, upstream, tmp_path):
 class WebhookReceiver:
     """A real local webhook endpoint recording every JSON body POSTed to /hook/<secret>."""
 
-    def __init__(self):
+    def __init__(self, delay: float = 0.0):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
         got = self.got = []
@@ -279,6 +306,7 @@ class WebhookReceiver:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 got.append((self.path, json.loads(self.rfile.read(n))))
+                time.sleep(delay)  # a slow receiver widens the window for a duplicate
                 self.send_response(204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -374,4 +402,44 @@ def test_error_rate_alert_notifies_once_acts_and_resolves(db, upstream, tmp_path
         if gw is not None:
             gw.kill()
         real.stop()
+        hook.stop()
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+def test_alerts_evaluated_once_across_postgres_replicas(db, tmp_path, monkeypatch):
+    """Two control planes on one PostgreSQL database: only the holder of the alert advisory
+    lock evaluates, so a firing rule notifies once, even with a slow webhook (without the
+    lock the other replica evaluates during the POST and notifies again); when a replica
+    stops, evaluation goes on."""
+    monkeypatch.setenv("TOLLGATE_CP_ALERT_INTERVAL", "0.2")
+    hook = WebhookReceiver(delay=1.0)
+    cp1 = RealControlPlane(tmp_path / "cp1").start()
+    cp2 = RealControlPlane(tmp_path / "cp2")
+    cp2.token = cp1.token  # same database, same operators (no new admin token is printed)
+    try:
+        cp2.start()
+        assert cp1.api("POST", "/v1/groups", json={"name": "acme", "labels": {}}).status_code == 201
+        # dlp events in the window: 0 > -1, so the rule fires at its first evaluation.
+        rule = {"name": "always", "group": "acme", "kind": "dlp", "threshold": -1,
+                "cooldown_secs": 3600, "webhook": hook.url}
+        assert cp2.api("POST", "/v1/alerts", json=rule).status_code == 201
+        assert wait_until(lambda: hook.states() == ["firing"], timeout=15), hook.got
+
+        def evaluated(cp) -> int:
+            return cp.api("GET", "/v1/alerts").json()[0]["last_evaluated_ms"]
+
+        first = evaluated(cp1)
+        assert wait_until(lambda: evaluated(cp2) > first + 2000, timeout=15)
+        assert hook.states() == ["firing"], hook.got
+        assert [e["action"] for e in cp1.api("GET", "/v1/audit", params={"limit": 100}).json()
+                ].count("alert.firing") == 1
+
+        # One replica stops (its session and lock end): the other one evaluates.
+        cp1.stop()
+        now = evaluated(cp2)
+        assert wait_until(lambda: evaluated(cp2) > now + 1000, timeout=15)
+        assert hook.states() == ["firing"], hook.got
+    finally:
+        cp1.stop()
+        cp2.stop()
         hook.stop()

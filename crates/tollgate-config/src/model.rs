@@ -102,17 +102,27 @@ impl Default for Listen {
     }
 }
 
-/// The TLS proxy listener (`listen.proxy_tls`). Certificate, key, client CA and CRLs are
-/// re-read on every reload; the address needs a restart.
+/// The TLS proxy listener (`listen.proxy_tls`). Certificates, keys, client CA and CRLs are
+/// re-read on every reload (and a change to a certificate or key file triggers one); the
+/// address needs a restart.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyTls {
     /// Address of the TLS listener.
     pub addr: SocketAddr,
-    /// Path of the server certificate chain (PEM, leaf first).
-    pub cert: String,
-    /// The server private key (PEM): a path, `${file:/path}` or `${env:NAME}`.
-    pub key: SecretRef,
+    /// Path of the default server certificate chain (PEM, leaf first): served when no entry of
+    /// `certificates` matches the client's SNI name (or it sent none). Absent: such handshakes
+    /// are refused (`certificates` must then be set).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The default certificate's private key (PEM): a path, `${file:/path}` or `${env:NAME}`.
+    /// Goes with `cert`.
+    #[serde(default)]
+    pub key: Option<SecretRef>,
+    /// Certificates chosen by the SNI host name: an exact name first, then a `*.` wildcard
+    /// matching exactly one label, then the default `cert`.
+    #[serde(default)]
+    pub certificates: Vec<SniCertificate>,
     /// Path of the CA certificates (PEM) that client certificates must chain to. Required
     /// unless `client_auth` is `none`.
     #[serde(default)]
@@ -125,6 +135,19 @@ pub struct ProxyTls {
     /// the handshake.
     #[serde(default)]
     pub crls: Vec<String>,
+}
+
+/// One SNI certificate of `listen.proxy_tls.certificates`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// Host names served with this certificate: `api.example.com` (exact, case-insensitive) or
+    /// `*.example.org` (one label: `a.example.org`, not `example.org` nor `a.b.example.org`).
+    pub hosts: Vec<String>,
+    /// Path of the certificate chain (PEM, leaf first).
+    pub cert: String,
+    /// The private key (PEM): a path, `${file:/path}` or `${env:NAME}`.
+    pub key: SecretRef,
 }
 
 /// Client-certificate authentication on `listen.proxy_tls`.

@@ -111,6 +111,55 @@ impl Validator<'_> {
                     "client_ca and crls need client_auth: optional or required",
                 );
             }
+            self.sni_certificates(t);
+        }
+    }
+
+    /// `listen.proxy_tls`: `cert` and `key` go together; without them `certificates` is
+    /// needed; each SNI host is a DNS name or `*.` + one, and appears once.
+    fn sni_certificates(&mut self, t: &crate::model::ProxyTls) {
+        if t.cert.is_some() != t.key.is_some() {
+            self.err(
+                "listen.proxy_tls.cert",
+                "`cert` and `key` go together (the default certificate and its key)",
+            );
+        }
+        if t.cert.is_none() && t.certificates.is_empty() {
+            self.err(
+                "listen.proxy_tls",
+                "needs a default `cert`/`key` or at least one entry in `certificates`",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in t.certificates.iter().enumerate() {
+            if c.hosts.is_empty() {
+                self.err(
+                    format!("listen.proxy_tls.certificates[{i}].hosts"),
+                    "must not be empty",
+                );
+            }
+            for (j, h) in c.hosts.iter().enumerate() {
+                let key = format!("listen.proxy_tls.certificates[{i}].hosts[{j}]");
+                let name = h.trim_end_matches('.').to_ascii_lowercase();
+                let bare = name.strip_prefix("*.").unwrap_or(&name);
+                let ok = !bare.is_empty()
+                    && bare.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !ok {
+                    self.err(
+                        key,
+                        format!("`{h}` is not a host name or `*.` wildcard of one"),
+                    );
+                } else if !seen.insert(name) {
+                    self.err(
+                        key,
+                        format!("`{h}` appears more than once in `certificates`"),
+                    );
+                }
+            }
         }
     }
 

@@ -313,6 +313,11 @@ impl ProxyBody {
     pub fn on_complete(&mut self, c: Completion) {
         self.completion = Some(Box::new(c));
     }
+
+    /// Moves the completion to another body (a gRPC error's body is replaced, upgrade.rs).
+    pub fn take_completion(&mut self) -> Option<Box<Completion>> {
+        self.completion.take()
+    }
 }
 
 impl ProxyBody {

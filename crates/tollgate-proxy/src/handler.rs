@@ -142,9 +142,13 @@ pub async fn handle(
     // CORS (cors.rs): every response to an allowed origin of a route API with `cors`,
     // gateway-generated ones included, carries the Access-Control-* fields.
     let mut cors = None;
+    let grpc = crate::upgrade::is_grpc(req.version(), req.headers());
     let mut resp = handle_request(ctx, req, &mut cors).await?;
     if let Some(c) = cors {
         c.apply(resp.headers_mut());
+    }
+    if grpc && resp.headers().contains_key(&crate::respond::TOLLGATE_ERROR) {
+        crate::upgrade::grpc_error(&mut resp);
     }
     Ok(resp)
 }
@@ -163,6 +167,8 @@ async fn handle_request(
     let trace = crate::spans::begin(&ctx.gateway, &mut parts.headers);
     let http1 = parts.version < Version::HTTP_2;
 
+    // A WebSocket upgrade (upgrade.rs): the client side's handle, kept until the upstream's 101.
+    let upgrade = crate::upgrade::take(&mut parts);
     let tunnel_check = match &ctx.tunnel {
         Some(t) => crate::intercept::prepare(&mut parts, t),
         None => Ok(()),
@@ -264,7 +270,7 @@ async fn handle_request(
     // Response cache (cache.rs): after access and policy, before the breaker, back-off and
     // admission, so a hit consumes no rate-limit quota and never reaches the upstream.
     let mut cache = None;
-    if kind != TrafficKind::Connect && matches!(eval.outcome, Outcome::Allow) {
+    if kind != TrafficKind::Connect && upgrade.is_none() && matches!(eval.outcome, Outcome::Allow) {
         let head = parts.method == Method::HEAD;
         let span_start = crate::spans::start(&done);
         match crate::cache::lookup(&ctx.gateway, &active, &eval, &parts).await {
@@ -297,6 +303,7 @@ async fn handle_request(
                         cache: Some(p),
                         meter: None,
                         charged: None,
+                        upgrade: None,
                     };
                     let refresh = crate::cache::detached(&done);
                     let run = (
@@ -437,6 +444,7 @@ async fn handle_request(
         cache,
         meter,
         charged,
+        upgrade,
     };
     Ok(forward(&ctx.gateway, &active, parts, body, dest, http1, done).await)
 }
@@ -521,6 +529,8 @@ struct Forwarding {
     /// What the API's rate limits charged, given back if a credential key's own limits
     /// refuse the request (admission.rs `refund`).
     charged: Option<crate::admission::Charged>,
+    /// The client connection's upgrade handle for a WebSocket request (upgrade.rs).
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 async fn forward(
@@ -541,6 +551,7 @@ async fn forward(
         mut cache,
         meter,
         charged,
+        upgrade,
     } = dest;
     let authority = authority(&target);
     let uri = format!(
@@ -552,8 +563,17 @@ async fn forward(
     let (Ok(uri), Ok(host_value)) = (uri.parse::<Uri>(), HeaderValue::from_str(&authority)) else {
         return deny(done, &bad_request("the target URL is not valid"));
     };
+    let grpc = crate::upgrade::is_grpc(parts.version, &parts.headers);
+    let h2c = grpc && target.scheme == Scheme::Http;
     let mut headers = parts.headers;
     hop::strip_hop_by_hop(&mut headers);
+    if upgrade.is_some() {
+        crate::upgrade::restore(&mut headers);
+    }
+    if grpc {
+        // gRPC servers require `TE: trailers` (a hop-by-hop field, removed above).
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     for name in active.policy.strip_headers() {
         headers.remove(name);
     }
@@ -635,6 +655,7 @@ async fn forward(
         headers,
         trace: done.trace.as_ref().map(|t| t.child()),
         group,
+        h2c,
     };
     let exchange = crate::retry::send(
         gw,
@@ -724,6 +745,22 @@ async fn forward(
         limit_headers::apply(&mut rparts.headers, o, false);
     }
     rparts.version = Version::HTTP_11;
+    // The upstream accepted the WebSocket upgrade: relay the 101 and splice both sides.
+    if rparts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let (Some(client), Some(up)) = (upgrade, upstream_upgrade) else {
+            let e = GatewayError::new(
+                ErrorCode::UpstreamProtocolError,
+                "the upstream switched protocols without being asked to",
+            );
+            return deny(done, &e);
+        };
+        drop(rbody);
+        crate::upgrade::restore(&mut rparts.headers);
+        let idle = active.policy.config().connect.idle_timeout.get();
+        crate::upgrade::splice(gw, client, up, idle, done);
+        return Response::from_parts(rparts, ProxyBody::empty());
+    }
     let no_body = is_head
         || rparts.status.is_informational()
         || rparts.status == http::StatusCode::NO_CONTENT

@@ -244,7 +244,7 @@ impl Reloader {
 
 /// Settings the gateway reads once at start: a reload that changes them is applied otherwise but
 /// says, once per reload, which of them wait for a restart. The TLS listener's files are not among
-/// them (they are re-read, tls_listener.rs); only its address is.
+/// them (they are re-read, tls_listener.rs, and watched, [`spawn_file_watcher`]); only its address is.
 fn warn_restart_only(old: &tollgate_config::Config, new: &tollgate_config::Config) {
     let tls_addr = |l: &tollgate_config::Listen| l.proxy_tls.as_ref().map(|t| t.addr);
     let (ol, nl) = (&old.listen, &new.listen);
@@ -287,30 +287,84 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// file, such as an access log kept beside the configuration. The content is
 /// hashed only when the metadata changed, and a reload happens only when the
 /// content did. Returns the task's handle.
+///
+/// The TLS listener's certificate and key files (`listen.proxy_tls`, as the
+/// active configuration names them) are watched the same way: replacing one
+/// reloads (trigger `tls_file_change`), and a certificate that fails to load
+/// is a rejected reload — the previous certificates keep serving.
 pub fn spawn_file_watcher(reloader: Arc<Reloader>) -> Option<tokio::task::JoinHandle<()>> {
     let ConfigSource::Path(path) = reloader.source().clone() else {
         return None;
     };
     Some(tokio::spawn(async move {
+        let tls = |r: &Reloader| tls_files(&r.gateway);
         let mut stamp = metadata_stamp(&path);
         let mut content = fingerprint(&path);
+        let mut tls_stamp = extra_stamp(&tls(&reloader));
+        let mut tls_content = extra_fingerprint(&tls(&reloader));
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let now = metadata_stamp(&path);
-            if now == stamp {
+            let tls_now = extra_stamp(&tls(&reloader));
+            if now == stamp && tls_now == tls_stamp {
                 continue;
             }
             stamp = now;
+            tls_stamp = tls_now;
             let hashed = fingerprint(&path);
-            if hashed == content {
+            let tls_hashed = extra_fingerprint(&tls(&reloader));
+            let trigger = if hashed != content {
+                "file_change"
+            } else if tls_hashed != tls_content {
+                "tls_file_change"
+            } else {
                 continue;
-            }
+            };
             content = hashed;
-            let _ = reloader.reload("file_change").await;
+            let _ = reloader.reload(trigger).await;
+            // The reload may name other TLS files: watch those from now on.
+            tls_stamp = extra_stamp(&tls(&reloader));
+            tls_content = extra_fingerprint(&tls(&reloader));
         }
     }))
+}
+
+/// The TLS listener's certificate and key files in the active configuration.
+fn tls_files(gateway: &Gateway) -> Vec<PathBuf> {
+    let active = gateway.active.load();
+    active
+        .policy
+        .config()
+        .listen
+        .proxy_tls
+        .as_ref()
+        .map(crate::tls_listener::watched_files)
+        .unwrap_or_default()
+}
+
+/// Per file: modification time, length and identity (`None` while missing).
+fn extra_stamp(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        })
+        .collect()
+}
+
+/// Content fingerprint of `files` (a missing file hashes as missing).
+fn extra_fingerprint(files: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in files {
+        p.hash(&mut h);
+        std::fs::read(p).ok().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Modification time, length and identity of the file (or of each entry of a

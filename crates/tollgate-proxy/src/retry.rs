@@ -231,6 +231,8 @@ pub struct Outgoing {
     /// The API's upstream group (balance.rs): each attempt picks its target, and an idempotent
     /// request whose attempt fails to connect (or is reset) moves to another target at once.
     pub group: Option<crate::balance::Pick>,
+    /// Send over HTTP/2 prior knowledge (a gRPC call to an `http://` upstream, upgrade.rs).
+    pub h2c: bool,
 }
 
 /// What the loop ended with.
@@ -465,6 +467,7 @@ pub async fn send(
         }
         let client = match &out.group {
             Some(p) => &p.group.client.client,
+            None if out.h2c => &upstream.h2c,
             None => &upstream.client,
         };
         // per_try_timeout belongs to retryable requests; a request sent once keeps the

@@ -24,10 +24,14 @@
 //!
 //! Every failed handshake counts in `tollgate_tls_handshake_failures_total{reason}`.
 //!
-//! Reload: the certificate, key, client CA and CRLs are re-read into a new
+//! Certificates: the default `cert`/`key` and the SNI entries of
+//! `certificates`, selected per handshake by [`crate::sni::SniResolver`].
+//!
+//! Reload: the certificates, keys, client CA and CRLs are re-read into a new
 //! rustls configuration for every configuration ([`Active::proxy_tls`]); each
 //! new connection takes the current one, connections already open keep
-//! theirs. A reload that removes `listen.proxy_tls` makes the listener close
+//! theirs. The configuration file watcher also watches the certificate and
+//! key files ([`watched_files`]) and reloads when one changes. A reload that removes `listen.proxy_tls` makes the listener close
 //! new connections at once; the address itself is bound at start.
 
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -45,6 +50,7 @@ use tollgate_policy::ClientCert;
 
 use crate::framing::Sniffer;
 use crate::handler::ConnCtx;
+use crate::sni::SniResolver;
 use crate::state::{Active, Gateway};
 
 /// Why the TLS listener's configuration could not be built (a configuration
@@ -63,6 +69,14 @@ pub enum ProxyTlsError {
         path: String,
         message: String,
     },
+    #[error("listen.proxy_tls.certificates[{index}].cert {path}: {message}")]
+    SniCert {
+        index: usize,
+        path: String,
+        message: String,
+    },
+    #[error("listen.proxy_tls.certificates[{index}].key: {message}")]
+    SniKey { index: usize, message: String },
     #[error("listen.proxy_tls: {0}")]
     Rustls(String),
 }
@@ -75,6 +89,8 @@ impl ProxyTlsError {
             Self::Key(_) => "listen.proxy_tls.key",
             Self::ClientCa { .. } => "listen.proxy_tls.client_ca",
             Self::Crl { .. } => "listen.proxy_tls.crls",
+            Self::SniCert { .. } => "listen.proxy_tls.certificates.cert",
+            Self::SniKey { .. } => "listen.proxy_tls.certificates.key",
             Self::Rustls(_) => "listen.proxy_tls",
         }
     }
@@ -82,19 +98,55 @@ impl ProxyTlsError {
 
 /// `key`: `${file:..}` / `${env:..}` hold the PEM; a plain value is a path
 /// unless it is itself a PEM block (as for `tls_intercept.ca_key`).
-fn read_key(r: &SecretRef) -> Result<PrivateKeyDer<'static>, ProxyTlsError> {
-    let resolved = r.resolve().map_err(|e| ProxyTlsError::Key(e.to_string()))?;
+fn read_key(r: &SecretRef) -> Result<PrivateKeyDer<'static>, String> {
+    let resolved = r.resolve().map_err(|e| e.to_string())?;
     let pem = match r {
         SecretRef::Literal(path) if !resolved.expose().contains("-----BEGIN") => {
             std::fs::read_to_string(path)
                 .map(tollgate_config::Secret::new)
-                .map_err(|e| ProxyTlsError::Key(format!("{path}: {e}")))?
+                .map_err(|e| format!("{path}: {e}"))?
         }
         _ => resolved,
     };
     // The parser's message never contains key material.
     PrivateKeyDer::from_pem_slice(pem.expose().as_bytes())
-        .map_err(|e| ProxyTlsError::Key(format!("not a PEM private key ({e})")))
+        .map_err(|e| format!("not a PEM private key ({e})"))
+}
+
+/// The files a reload re-reads for `cfg` (certificates and file-held keys), so the
+/// configuration watcher can reload when one of them changes.
+pub fn watched_files(cfg: &ProxyTls) -> Vec<std::path::PathBuf> {
+    let key_file = |k: &SecretRef| match k {
+        SecretRef::Literal(p) if !p.contains("-----BEGIN") => Some(p.clone()),
+        SecretRef::File(p) => Some(p.clone()),
+        _ => None,
+    };
+    let mut files: Vec<String> = cfg.cert.iter().cloned().collect();
+    files.extend(cfg.key.as_ref().and_then(key_file));
+    for c in &cfg.certificates {
+        files.push(c.cert.clone());
+        files.extend(key_file(&c.key));
+    }
+    files.into_iter().map(std::path::PathBuf::from).collect()
+}
+
+/// A certificate chain and its key, checked to belong together.
+fn certified_key(
+    provider: &rustls::crypto::CryptoProvider,
+    cert: &str,
+    key: &SecretRef,
+    cert_err: impl Fn(String) -> ProxyTlsError,
+    key_err: impl Fn(String) -> ProxyTlsError,
+) -> Result<Arc<CertifiedKey>, ProxyTlsError> {
+    let chain = read_certs(cert).map_err(&cert_err)?;
+    let key = read_key(key).map_err(&key_err)?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map(Arc::new)
+        .map_err(|e| {
+            key_err(format!(
+                "does not match the certificate or is unusable ({e})"
+            ))
+        })
 }
 
 fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -126,11 +178,37 @@ fn read_crls(path: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, S
 /// Builds the rustls server configuration for `cfg`, reading every file.
 pub fn server_config(cfg: &ProxyTls) -> Result<Arc<ServerConfig>, ProxyTlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = read_certs(&cfg.cert).map_err(|message| ProxyTlsError::Cert {
-        path: cfg.cert.clone(),
-        message,
-    })?;
-    let key = read_key(&cfg.key)?;
+    let default = match (&cfg.cert, &cfg.key) {
+        (Some(cert), Some(key)) => Some(certified_key(
+            &provider,
+            cert,
+            key,
+            |message| ProxyTlsError::Cert {
+                path: cert.clone(),
+                message,
+            },
+            ProxyTlsError::Key,
+        )?),
+        // Validation refuses one without the other.
+        _ => None,
+    };
+    let mut resolver = SniResolver::new(default);
+    for (index, c) in cfg.certificates.iter().enumerate() {
+        let key = certified_key(
+            &provider,
+            &c.cert,
+            &c.key,
+            |message| ProxyTlsError::SniCert {
+                index,
+                path: c.cert.clone(),
+                message,
+            },
+            |message| ProxyTlsError::SniKey { index, message },
+        )?;
+        for host in &c.hosts {
+            resolver.add(host, key.clone());
+        }
+    }
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ProxyTlsError::Rustls(e.to_string()))?;
@@ -174,10 +252,7 @@ pub fn server_config(cfg: &ProxyTls) -> Result<Arc<ServerConfig>, ProxyTlsError>
             builder.with_client_cert_verifier(verifier)
         }
     };
-    // rustls checks that the key belongs to the leaf certificate.
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| ProxyTlsError::Key(format!("does not match the certificate ({e})")))?;
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -253,6 +253,9 @@ impl hyper::rt::Write for UpstreamIo {
 /// Everything needed to reach upstreams under one configuration.
 pub struct Upstream {
     pub client: Client<Connector, RequestBody>,
+    /// HTTP/2 with prior knowledge (h2c) on the same connector, for gRPC calls to `http://`
+    /// upstreams (handler.rs `forward`, upgrade.rs `is_grpc`).
+    pub h2c: Client<Connector, RequestBody>,
     /// The guarded connector behind `client`, for other clients on the same
     /// path (the OAuth token fetcher).
     pub connector: Connector,
@@ -282,8 +285,15 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(cfg.idle_timeout.get())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector.clone());
         Self {
             client,
+            h2c,
             connector,
             resolver,
             guard,

@@ -167,6 +167,7 @@ pub struct Metrics {
     request_cache: HandleCache<5, RequestHandles>,
     connections_active: Gauge,
     tunnels_active: Family<ApiLabels, Gauge>,
+    websocket_upgrades: Family<ApiLabels, Counter>,
     tunnel_bytes: Family<BytesLabels, Counter>,
     tunnel_cache: HandleCache<1, TunnelHandles>,
     guard_denials: Family<ReasonLabels, Counter>,
@@ -301,6 +302,12 @@ impl Metrics {
             "CONNECT tunnels currently open, by API",
             tunnels_active.clone(),
         );
+        let websocket_upgrades = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "tollgate_websocket_upgrades",
+            "WebSocket connections upgraded through the gateway, by API (their bytes and open count are in the tunnel metrics)",
+            websocket_upgrades.clone(),
+        );
         let tunnel_bytes = Family::<BytesLabels, Counter>::default();
         registry.register_with_unit(
             "tollgate_tunnel",
@@ -401,6 +408,7 @@ impl Metrics {
             request_cache: HandleCache::new(),
             connections_active,
             tunnels_active,
+            websocket_upgrades,
             tunnel_bytes,
             tunnel_cache: HandleCache::new(),
             guard_denials,
@@ -502,6 +510,15 @@ impl Metrics {
                 .with([api], || self.tunnel_handles(api), |h| h.active.clone());
         gauge.inc();
         ActiveGuard { gauge }
+    }
+
+    /// Counts one WebSocket connection upgraded through the gateway (upgrade.rs).
+    pub fn websocket_upgraded(&self, api: &str) {
+        self.websocket_upgrades
+            .get_or_create(&ApiLabels {
+                api: label_value(api_label(api)),
+            })
+            .inc();
     }
 
     /// Adds tunnel payload bytes; may be called repeatedly while a tunnel is open.

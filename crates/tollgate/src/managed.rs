@@ -45,7 +45,8 @@ pub struct ManagedArgs {
     /// Label reported at enrollment, KEY=VALUE (repeatable).
     #[arg(long = "label", requires = "control_plane", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// How often usage is drained into the on-disk buffer and uploaded, in seconds.
+    /// How often buffered usage is uploaded, in seconds (usage reaches the on-disk buffer
+    /// every 5 s, or this often when shorter: the most a crash can lose).
     #[arg(long, requires = "control_plane", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub usage_interval: u64,
     /// Bound of the on-disk usage buffer (`<state-dir>/usage/`) in bytes; past it the oldest

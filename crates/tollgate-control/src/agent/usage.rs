@@ -6,9 +6,14 @@
 //! to the bound) and are replayed in order afterwards; the control plane's (gateway, seq)
 //! record makes a replay of an already stored batch a no-op.
 //!
-//! What can still be lost: the aggregation of the current interval when the process is
-//! killed (SIGKILL, power loss) before the next drain (at most `interval` of usage; a graceful
-//! stop drains it, see [`Agent::flush_usage`]); and batches evicted past the bound (counted).
+//! Between uploads the aggregator is also drained to the buffer every [`PERSIST_INTERVAL`]
+//! (5 s, or `interval` when shorter), each drain as its own batch; the control plane sums
+//! batches of the same minute into the same rows, so this only bounds what a crash can lose.
+//!
+//! What can still be lost: the usage recorded since the last drain when the process is killed
+//! (SIGKILL, power loss): at most `min(interval, PERSIST_INTERVAL)` of usage, plus a request
+//! still in flight (a graceful stop drains everything, see [`Agent::flush_usage`]); and
+//! batches evicted past the bound (counted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +28,9 @@ use crate::protocol::UsageBatch;
 
 /// Default drain/upload interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// How often usage recorded in memory is written to the on-disk buffer between uploads: the
+/// most usage a gateway crash (SIGKILL) can lose.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 /// Default bound of the on-disk buffer (64 MiB: weeks of a busy gateway's aggregated usage).
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Most rows (and events) per batch (the control plane accepts up to 10 000).
@@ -87,9 +95,27 @@ impl Agent {
         Ok(tokio::spawn(async move {
             let mut tick = tokio::time::interval(opts.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Drains to disk between uploads (bounds the crash loss window); not needed when
+            // the upload interval is that short already.
+            let persist_every = PERSIST_INTERVAL.min(opts.interval);
+            let mut persist = tokio::time::interval_at(
+                tokio::time::Instant::now() + persist_every,
+                persist_every,
+            );
+            persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick fires at once: replay what an earlier run left.
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = persist.tick(), if persist_every < opts.interval => {
+                        let this2 = Arc::clone(&this);
+                        let flushed = tokio::task::spawn_blocking(move || this2.flush_usage()).await;
+                        if let Ok(Err(e)) = flushed {
+                            tracing::error!(error = %e, "cannot write usage to the on-disk buffer; it stays in memory until the next try");
+                        }
+                        continue;
+                    }
+                }
                 // Quota usage against each limit, as `GET /admin/limits` shows it now.
                 let snapshot = tollgate_proxy::admin_limits::snapshot(&gateway).await;
                 let limits = limit_rows(&snapshot, std::time::SystemTime::now());

@@ -599,6 +599,66 @@ pub(crate) async fn evaluate(app: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Key of the PostgreSQL session advisory lock that elects the replica evaluating alerts
+/// (`pg_try_advisory_lock`; an arbitrary constant, "tg-alert" in ASCII).
+const ALERT_LOCK_KEY: i64 = 0x7467_2d61_6c65_7274;
+
+/// With PostgreSQL, several control-plane replicas share the rules: only the replica holding
+/// the session advisory lock [`ALERT_LOCK_KEY`] on its own connection evaluates (and notifies).
+/// It keeps the lock as long as that connection lives; the others try again every round, so
+/// when the holder stops (its connection closes, PostgreSQL releases the lock) another one
+/// takes over at its next round. SQLite (one process) always evaluates.
+#[derive(Default)]
+struct Leader {
+    conn: Option<tokio_postgres::Client>,
+    held: bool,
+}
+
+impl Leader {
+    /// Whether this replica evaluates this round.
+    async fn elect(&mut self, store: &Store) -> Result<bool, StoreError> {
+        let Store::Postgres(pg) = store else {
+            return Ok(true);
+        };
+        if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
+            if self.held {
+                tracing::warn!(
+                    "alert evaluation: lost the database connection holding the alert lock"
+                );
+            }
+            self.held = false;
+            self.conn = Some(pg.dedicated().await?);
+        }
+        let Some(c) = self.conn.as_ref() else {
+            return Ok(false);
+        };
+        let r = if self.held {
+            // Still the holder while this session is alive (cheap liveness check).
+            c.simple_query("SELECT 1").await.map(|_| true)
+        } else {
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&ALERT_LOCK_KEY])
+                .await
+                .and_then(|row| row.try_get::<_, bool>(0))
+        };
+        match r {
+            Ok(held) => {
+                if held && !self.held {
+                    tracing::info!(
+                        "alert evaluation: this replica took the alert lock and evaluates the rules"
+                    );
+                }
+                self.held = held;
+                Ok(held)
+            }
+            Err(e) => {
+                self.held = false;
+                self.conn = None;
+                Err(pg_err(e))
+            }
+        }
+    }
+}
+
 /// Starts the periodic evaluation; it ends when the server's state is dropped.
 pub(super) fn spawn(state: Weak<AppState>) {
     let every = std::env::var("TOLLGATE_CP_ALERT_INTERVAL")
@@ -609,11 +669,25 @@ pub(super) fn spawn(state: Weak<AppState>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leader = Leader::default();
         loop {
             tick.tick().await;
             let Some(state) = state.upgrade() else {
                 return;
             };
+            match leader.elect(&state.store).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(
+                        "alert evaluation skipped: another replica holds the alert lock"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert evaluation skipped: cannot take the alert lock");
+                    continue;
+                }
+            }
             if let Err(e) = evaluate(&state).await {
                 tracing::warn!(error = %e, "alert evaluation failed");
             }

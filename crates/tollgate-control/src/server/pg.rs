@@ -214,6 +214,11 @@ impl Postgres {
         Ok(guard)
     }
 
+    /// A connection of its own, outside the pool (for session state such as an advisory lock).
+    pub(super) async fn dedicated(&self) -> Result<Client, StoreError> {
+        connect(&self.config, &self.tls).await.map_err(pg_err)
+    }
+
     /// Starts the LISTEN task; it reconnects forever and calls `wake` on every notification.
     pub fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> tokio::task::JoinHandle<()> {
         let config = Arc::clone(&self.config);
