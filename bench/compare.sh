@@ -27,6 +27,10 @@
 #                    nginx-cache / tollgate-cache: the same route with a response cache (nginx
 #                    proxy_cache vs. Tollgate `cache: { ttl: 60s }`); after the warm-up every
 #                    request is a cache hit, so this compares serving from memory
+#                    nginx-h2 / haproxy-h2 / tollgate-h2: the same route with the client speaking HTTP/2
+#                    in cleartext with prior knowledge (h2c); load generator h2load (Debian
+#                    `nghttp2-client`, installed only when one of these is requested); upstream HTTP/1.1
+#   H2_STREAMS=10    h2load concurrent streams per connection (-m) in the h2 cases
 #   TOLLGATE_BIN=    use this binary instead of building target/release/tollgate
 #   BUILD=1          run `cargo build --release -p tollgate` when TOLLGATE_BIN is unset
 #   KEEP_TMP=0       keep the temp dir (configs, logs, raw wrk output) for inspection
@@ -52,6 +56,7 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 TOLLGATE_BIN=${TOLLGATE_BIN:-}
 BUILD=${BUILD:-1}
 KEEP_TMP=${KEEP_TMP:-0}
+H2_STREAMS=${H2_STREAMS:-10}
 
 # wrk takes "10s"; accept a bare number too.
 [[ $DURATION =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
@@ -82,6 +87,9 @@ install_deps() {
     if [[ " $CASES " == *" squid-bump "* || " $CASES " == *" tollgate-intercept "* ]]; then
         command -v hey >/dev/null 2>&1 || missing+=(hey)
         command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    fi
+    if [[ " $CASES " == *" nginx-h2 "* || " $CASES " == *" haproxy-h2 "* || " $CASES " == *" tollgate-h2 "* ]]; then
+        command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
     fi
     if [[ " $CASES " == *" squid-bump "* ]] && ! squid_has_openssl; then
         # Replaces a plain `squid` package if there is one.
@@ -241,7 +249,8 @@ start_bg() {
 wait_ready() {
     local pid=$1 url=$2 proxy=${3:-} _
     local args=(-s -o /dev/null --max-time 1)
-    if [[ -n $proxy ]]; then args+=(-x "$proxy"); else args+=(--noproxy '*'); fi
+    if [[ $proxy == --* ]]; then args+=("$proxy" --noproxy '*')
+    elif [[ -n $proxy ]]; then args+=(-x "$proxy"); else args+=(--noproxy '*'); fi
     for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || return 1
         curl "${args[@]}" "$url" && return 0
@@ -445,6 +454,37 @@ http {
 EOF
 } >"$TMP/nginx-cache.conf"
 
+# The same reverse proxy with an h2c listener (HTTP/2 with prior knowledge; nginx 1.22 syntax,
+# `listen ... http2`); HTTP/1.1 with keep-alive to the upstream, like the other cases.
+mkdir -p "$TMP/nginx-h2-tmp"
+{
+    nginx_common nginx-h2
+    cat <<EOF
+http {
+    access_log $TMP/nginx-h2-access.log combined;
+    server_tokens off;
+    client_body_temp_path $TMP/nginx-h2-tmp;
+    proxy_temp_path $TMP/nginx-h2-tmp;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    http2_max_requests 1000000;
+    upstream bench_up {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT http2 backlog=4096;
+        location / {
+            proxy_pass http://bench_up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+} >"$TMP/nginx-h2.conf"
+
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -468,6 +508,8 @@ frontend bench_fe
 backend bench_be
     server up 127.0.0.1:$UP_PORT
 EOF
+# HAProxy with an h2c frontend (`proto h2`: HTTP/2 with prior knowledge); HTTP/1.1 to the upstream.
+sed -e "s|bind 127.0.0.1:$HA_PORT|bind 127.0.0.1:$HA_PORT proto h2|" "$TMP/haproxy.cfg" >"$TMP/haproxy-h2.cfg"
 
 mkdir -p "$TMP/squid"
 SQUID_USER_LINE=
@@ -743,6 +785,74 @@ measure_tls() {
     log "case $case: $BENCH_LINE"
 }
 
+# run_h2load CASE URL: warm-up, then the measured run with h2load over h2c (prior knowledge),
+# CONNECTIONS connections with H2_STREAMS streams each; h2load prints no percentiles, so they
+# come from its per-request log (--log-file: start, status, microseconds). Sets BENCH_LINE.
+run_h2load() {
+    local case=$1 url=$2 secs=${DURATION%s} wsecs=${WARMUP%s}
+    [[ $secs =~ ^[0-9]+m$ ]] && secs=$(( ${secs%m} * 60 ))
+    [[ $wsecs =~ ^[0-9]+m$ ]] && wsecs=$(( ${wsecs%m} * 60 ))
+    local args=(-c "$CONNECTIONS" -m "$H2_STREAMS" -t "$THREADS")
+    ${LOADGEN_PIN[@]+"${LOADGEN_PIN[@]}"} h2load "${args[@]}" -D "$wsecs" "$url" >"$TMP/h2load-$case-warmup.txt" 2>&1 || true
+    ${LOADGEN_PIN[@]+"${LOADGEN_PIN[@]}"} h2load "${args[@]}" -D "$secs" --log-file="$TMP/h2load-$case.log" "$url" >"$TMP/wrk-$case.txt" 2>&1 || true
+    BENCH_LINE=$(python3 - "$TMP/wrk-$case.txt" "$TMP/h2load-$case.log" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"finished in ([\d.]+)(us|ms|s),", text)
+r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text)
+codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+traffic = re.search(r"traffic: .*?\((\d+)\) total", text)
+if not (m and r and codes):
+    sys.exit(0)
+secs = float(m.group(1)) / {"us": 1e6, "ms": 1e3, "s": 1}[m.group(2)]
+lat = []
+try:
+    for line in open(sys.argv[2]):
+        f = line.split()
+        if len(f) >= 3:
+            lat.append(int(f[2]) / 1000)
+except OSError:
+    pass
+lat.sort()
+def pct(p):
+    return lat[min(len(lat) - 1, int(len(lat) * p / 100))] if lat else 0.0
+done, failed, errored, timeout = int(r.group(3)), int(r.group(5)), int(r.group(6)), int(r.group(7))
+http_errors = int(codes.group(3)) + int(codes.group(4))
+print(f"BENCH requests={done} seconds={secs:.3f} rps={done / secs:.2f} p50_ms={pct(50):.3f} "
+      f"p90_ms={pct(90):.3f} p99_ms={pct(99):.3f} max_ms={(lat[-1] if lat else 0.0):.3f} "
+      f"http_errors={http_errors} connect_errors=0 read_errors={errored} write_errors={max(0, failed - errored - timeout - http_errors)} "
+      f"timeouts={timeout} bytes={traffic.group(1) if traffic else 0}")
+PY
+)
+    [[ -n $BENCH_LINE ]]
+}
+
+# measure_h2 CASE URL PID LOGFILE FATAL(0/1): pre-flight with curl over h2c, then h2load.
+measure_h2() {
+    local case=$1 url=$2 pid=$3 logfile=$4 fatal=$5 code lines
+    if ! code=$(curl -sS --max-time 5 --http2-prior-knowledge -o "$TMP/check.body" -w '%{http_code} %{http_version}' "$url" 2>"$TMP/check.err") \
+        || [[ $code != "200 2" ]] || ! cmp -s "$TMP/check.body" "$TMP/expected.body"; then
+        CHECK_MSG="h2c request: ${code:-failed} $(tr '\n' ' ' <"$TMP/check.err") body: $(head -c 200 "$TMP/check.body" 2>/dev/null | tr '\n' ' ')"
+        loud "case $case: pre-flight request failed: $CHECK_MSG" "see $TMP/$case.out (KEEP_TMP=1 keeps it)"
+        record "$case" failed "pre-flight: $CHECK_MSG" 0
+        (( fatal )) && FAILED_CORE=1
+        stop_pid "$pid"
+        return 0
+    fi
+    log "case $case: warm-up $WARMUP, then $DURATION with $CONNECTIONS connections x $H2_STREAMS streams (h2load, h2c)"
+    if ! run_h2load "$case" "$url"; then
+        loud "case $case: h2load gave no result:" "$(tail -n 5 "$TMP/wrk-$case.txt")"
+        record "$case" failed "h2load gave no result" 0
+        (( fatal )) && FAILED_CORE=1
+        stop_pid "$pid"
+        return 0
+    fi
+    stop_pid "$pid"
+    lines=$(count_lines "$logfile")
+    record "$case" ok "" "$lines" "$BENCH_LINE"
+    log "case $case: $BENCH_LINE"
+}
+
 skip_case() { # CASE REASON
     loud "case $1 SKIPPED: $2"
     record "$1" skipped "$2" 0
@@ -815,6 +925,34 @@ for case in $CASES; do
             FAILED_CORE=1
         fi
         ;;
+    nginx-h2)
+        start_bg nginx-h2 ${PROXY_PIN[@]+"${PROXY_PIN[@]}"} nginx -p "$TMP/" -e "$TMP/nginx-h2-error.log" -c "$TMP/nginx-h2.conf"
+        if wait_ready "$LAST_PID" "http://127.0.0.1:$NGX_PORT/" --http2-prior-knowledge; then
+            measure_h2 nginx-h2 "http://127.0.0.1:$NGX_PORT/" "$LAST_PID" "$TMP/nginx-h2-access.log" 1
+        else
+            skip_case nginx-h2 "nginx (h2c) did not start: $(tail -n 3 "$TMP/nginx-h2.out" "$TMP/nginx-h2-error.log" 2>/dev/null | tr '\n' ' ')"
+            FAILED_CORE=1
+        fi
+        ;;
+    haproxy-h2)
+        # shellcheck disable=SC2016  # $1/$2 are sh's own arguments
+        start_bg haproxy-h2 ${PROXY_PIN[@]+"${PROXY_PIN[@]}"} sh -c 'exec haproxy -db -f "$1" 2>"$2"' sh "$TMP/haproxy-h2.cfg" "$TMP/haproxy-h2-stderr.log"
+        if wait_ready "$LAST_PID" "http://127.0.0.1:$HA_PORT/" --http2-prior-knowledge; then
+            measure_h2 haproxy-h2 "http://127.0.0.1:$HA_PORT/" "$LAST_PID" "$TMP/haproxy-h2.out" 1
+        else
+            skip_case haproxy-h2 "HAProxy (h2c) did not start: $(tail -n 3 "$TMP/haproxy-h2-stderr.log" | tr '\n' ' ')"
+            FAILED_CORE=1
+        fi
+        ;;
+    tollgate-h2)
+        if (( ! TOLLGATE_OK )); then
+            skip_case "$case" "$TOLLGATE_REASON"
+        elif ! start_tollgate "$case"; then
+            skip_case "$case" "Tollgate $TOLLGATE_REASON"
+        else
+            measure_h2 "$case" "http://127.0.0.1:$TG_PORT/bench/" "$LAST_PID" "$TMP/$case-access.log" 0
+        fi
+        ;;
     squid-bump)
         if ! squid_has_openssl; then
             skip_case squid-bump "this squid has no ssl-bump support (install squid-openssl)"
@@ -862,7 +1000,7 @@ for case in $CASES; do
         fi
         ;;
     *)
-        die "unknown case '$case' (known: direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache squid-bump tollgate-intercept)"
+        die "unknown case '$case' (known: direct nginx haproxy tollgate-route squid tollgate-forward tollgate-local-limit tollgate-global-limit nginx-cache tollgate-cache squid-bump tollgate-intercept nginx-h2 haproxy-h2 tollgate-h2)"
         ;;
     esac
 done
@@ -877,6 +1015,7 @@ versions() {
     printf 'haproxy\t%s\n' "$(haproxy -v 2>&1 | head -n1)"
     printf 'squid\t%s\n' "$(squid -v 2>&1 | head -n1)"
     printf 'wrk\t%s\n' "$(wrk -v 2>&1 | head -n1)"
+    if command -v h2load >/dev/null 2>&1; then printf 'h2load\t%s\n' "$(h2load --version 2>&1 | head -n1)"; fi
     if (( TOLLGATE_OK )); then
         printf 'tollgate\t%s\n' "$(timeout 5 "$TOLLGATE_BIN" --version 2>&1 | head -n1 || true)"
     fi
@@ -904,6 +1043,7 @@ labels = {
     "tollgate-local-limit": "Tollgate local limit", "tollgate-global-limit": "Tollgate global limit",
     "nginx-cache": "nginx proxy_cache (hits)", "tollgate-cache": "Tollgate cache (hits)",
     "squid-bump": "Squid ssl-bump (HTTPS)", "tollgate-intercept": "Tollgate intercept (HTTPS)",
+    "nginx-h2": "nginx h2c", "haproxy-h2": "HAProxy h2c", "tollgate-h2": "Tollgate route h2c",
 }
 cases = []
 for line in open(results_path):
@@ -942,6 +1082,10 @@ ratios = {
     "tollgate_cache_over_nginx_cache_p99": ratio("tollgate-cache", "nginx-cache", "p99_ms"),
     "tollgate_intercept_over_squid_bump_rps": ratio("tollgate-intercept", "squid-bump", "rps"),
     "tollgate_intercept_over_squid_bump_p99": ratio("tollgate-intercept", "squid-bump", "p99_ms"),
+    "tollgate_h2_over_haproxy_h2_rps": ratio("tollgate-h2", "haproxy-h2", "rps"),
+    "tollgate_h2_over_nginx_h2_rps": ratio("tollgate-h2", "nginx-h2", "rps"),
+    "tollgate_h2_over_haproxy_h2_p99": ratio("tollgate-h2", "haproxy-h2", "p99_ms"),
+    "tollgate_h2_over_nginx_h2_p99": ratio("tollgate-h2", "nginx-h2", "p99_ms"),
 }
 targets = {
     "tollgate_route_over_haproxy_rps": ">= 1.0",
@@ -979,6 +1123,8 @@ ratio_cases = {
     "tollgate_global_over_local_limit": ("tollgate-global-limit", "tollgate-local-limit"),
     "tollgate_cache_over_nginx_cache": ("tollgate-cache", "nginx-cache"),
     "tollgate_intercept_over_squid_bump": ("tollgate-intercept", "squid-bump"),
+    "tollgate_h2_over_haproxy_h2": ("tollgate-h2", "haproxy-h2"),
+    "tollgate_h2_over_nginx_h2": ("tollgate-h2", "nginx-h2"),
 }
 
 def show(name, key, target=None, better="higher"):
@@ -1008,6 +1154,10 @@ show("Tollgate cache / nginx cache req/s", "tollgate_cache_over_nginx_cache_rps"
 show("Tollgate cache / nginx cache p99", "tollgate_cache_over_nginx_cache_p99")
 show("Tollgate intercept / Squid bump req/s", "tollgate_intercept_over_squid_bump_rps")
 show("Tollgate intercept / Squid bump p99", "tollgate_intercept_over_squid_bump_p99")
+show("Tollgate h2c / HAProxy h2c req/s", "tollgate_h2_over_haproxy_h2_rps")
+show("Tollgate h2c / nginx h2c req/s", "tollgate_h2_over_nginx_h2_rps")
+show("Tollgate h2c / HAProxy h2c p99", "tollgate_h2_over_haproxy_h2_p99")
+show("Tollgate h2c / nginx h2c p99", "tollgate_h2_over_nginx_h2_p99")
 if "direct" in by:
     print()
     print("Share of the direct (no proxy) throughput")

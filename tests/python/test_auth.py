@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from helpers import assert_problem, base_config
+from helpers import assert_problem, base_config, metric_value
 
 QUERY_KEY = "q-key-5d1c2e9a"
 HEADER_KEY = "h-key-0b7f44c1"
@@ -267,6 +267,12 @@ def test_jwt_key_rotation_without_downtime(gateway, upstream):
             statuses = list(pool.map(lambda t: _call(gw, t).status_code, junk))
         assert statuses == [401] * len(junk)
         assert jwks.fetches <= before + 1
+        # Fetch metrics: labelled by the issuer's name, never its URL; the gauge holds the
+        # keys of the last successful fetch (only the new key is published now).
+        m = gw.admin("GET", "/metrics").text
+        assert (metric_value(m, "tollgate_jwks_fetches_total", issuer="idp", result="success") >= 3
+                and metric_value(m, "tollgate_jwks_keys", issuer="idp") == 1
+                and jwks.url not in m), m
     finally:
         jwks.shutdown()
 
@@ -288,6 +294,8 @@ def test_jwks_fetch_goes_through_the_network_guard(gateway, upstream):
         assert "key id" in r.json()["detail"]
         assert jwks.fetches == 0
         assert "JWKS fetch failed" in gw.stderr_text()
+        assert metric_value(gw.admin("GET", "/metrics").text, "tollgate_jwks_fetches_total",
+                            issuer="idp", result="failure") >= 1
         assert len(upstream.requests) == 0
     finally:
         jwks.shutdown()

@@ -2,10 +2,12 @@
 (h2c) to the gateway, the gateway calls the `http://` upstream over h2c with `TE: trailers`, and
 the response trailers (`grpc-status`, custom trailing metadata) come back. Unary and
 server-streaming calls; an application error status is relayed from the upstream's trailers.
-Raw-bytes methods (no protobuf code generation needed)."""
+An `upstream_group` of gRPC backends gets h2c too, spread over its targets and failing over
+when one stops. Raw-bytes methods (no protobuf code generation needed)."""
 
 from __future__ import annotations
 
+import collections
 from concurrent import futures
 
 import grpc
@@ -78,3 +80,37 @@ def test_gateway_errors_on_grpc_calls_carry_grpc_status(gateway, grpc_upstream):
         assert e.value.details() == "endpoint_not_allowed"
     entry = gw.wait_access(lambda e: "Count" in e.get("path", ""))
     assert entry["status"] == 403 and entry["decision"] == "deny"
+
+
+def _grpc_backend(name: str):
+    def who(request: bytes, context) -> bytes:
+        return name.encode() + b":" + request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        SERVICE, {"Who": grpc.unary_unary_rpc_method_handler(who)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_grpc_through_an_upstream_group_spreads_and_fails_over(gateway):
+    backends = [_grpc_backend(n) for n in ("g0", "g1")]
+    try:
+        gw = gateway(base_config(apis=[{
+            "name": "grpcgroup", "route": "/rpc",
+            # gRPC calls are POSTs: failover replays the body only for retry-eligible requests.
+            "retry": {"attempts": 2, "non_idempotent": True},
+            "upstream_group": {"targets": [
+                {"url": f"http://127.0.0.1:{port}"} for _, port in backends]}}]))
+        with grpc.insecure_channel(gw.proxy_addr) as ch:
+            who = ch.unary_unary(f"/rpc/{SERVICE}/Who")
+            served = collections.Counter(who(b"x", timeout=5).split(b":")[0] for _ in range(10))
+            assert served == {b"g0": 5, b"g1": 5}, served
+            backends[0][0].stop(None).wait(5)
+            # Every call still succeeds: the stopped target refuses connections and the gateway
+            # moves the call to the other target at once (failover on connect errors).
+            assert [who(b"y", timeout=5) for _ in range(6)] == [b"g1:y"] * 6
+    finally:
+        for server, _ in backends:
+            server.stop(None)

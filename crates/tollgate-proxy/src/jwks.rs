@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tollgate_policy::{Jwks, Policy};
+use tollgate_telemetry::Metrics;
 
 use crate::upstream::Connector;
 
@@ -34,8 +35,15 @@ type JwksClient = Client<Connector, Empty<Bytes>>;
 
 /// Starts the fetch tasks for `policy`'s issuers; key sets of the same URL in
 /// `prev` are taken over first, so a reload refuses no token meanwhile.
-/// Without a Tokio runtime (`tollgate validate`) nothing is started.
-pub fn start(policy: &Policy, connector: Connector, prev: Option<&Policy>) {
+/// Without a Tokio runtime (`tollgate validate`) nothing is started. Each
+/// fetch is counted in `tollgate_jwks_fetches_total{issuer,result}` and
+/// `tollgate_jwks_keys{issuer}` (labelled by the issuer's `name`, never its URL).
+pub fn start(
+    policy: &Policy,
+    connector: Connector,
+    prev: Option<&Policy>,
+    metrics: Option<&Arc<Metrics>>,
+) {
     let mut sets = policy.jwks().peekable();
     if sets.peek().is_none() {
         return;
@@ -52,7 +60,7 @@ pub fn start(policy: &Policy, connector: Connector, prev: Option<&Policy>) {
         if let Some(old) = prev.and_then(|p| p.jwks().find(|o| o.url == set.url)) {
             set.adopt(old);
         }
-        rt.spawn(run(Arc::downgrade(set), client.clone()));
+        rt.spawn(run(Arc::downgrade(set), client.clone(), metrics.cloned()));
     }
 }
 
@@ -72,7 +80,7 @@ pub async fn await_unknown_kid(policy: &Policy, headers: &HeaderMap) {
     let _ = tokio::time::timeout(WAIT, changed).await;
 }
 
-async fn run(weak: Weak<Jwks>, client: JwksClient) {
+async fn run(weak: Weak<Jwks>, client: JwksClient, metrics: Option<Arc<Metrics>>) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let Some(set) = weak.upgrade() else {
@@ -81,11 +89,17 @@ async fn run(weak: Weak<Jwks>, client: JwksClient) {
         let next = match fetch(&client, &set.url).await.and_then(|b| set.load(&b)) {
             Ok(keys) => {
                 tracing::info!(issuer = %set.name, keys, "JWKS loaded");
+                if let Some(m) = &metrics {
+                    m.jwks_fetched(&set.name, keys);
+                }
                 backoff = Duration::from_secs(1);
                 set.refresh
             }
             Err(error) => {
                 set.mark_fetch();
+                if let Some(m) = &metrics {
+                    m.jwks_fetch_failed(&set.name);
+                }
                 // Requests waiting for this fetch need not wait any longer.
                 set.changed.notify_waiters();
                 tracing::warn!(issuer = %set.name, %error, "JWKS fetch failed; keeping the previous keys");

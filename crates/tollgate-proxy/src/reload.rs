@@ -238,7 +238,13 @@ impl Reloader {
     fn build(&self, policy: Policy) -> Result<Active, String> {
         let current = self.gateway.active.load_full();
         warn_restart_only(current.policy.config(), policy.config());
-        Active::build(policy, &self.own_listeners, Some(&current)).map_err(|e| e.to_string())
+        Active::build_counted(
+            policy,
+            &self.own_listeners,
+            Some(&current),
+            Some(&self.gateway.metrics),
+        )
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -465,7 +465,9 @@ pub async fn send(
             }
             tried.push(picked.as_ref().map_or(0, |p| p.index));
         }
+        // gRPC to `http://` targets (`out.h2c`) goes over the group's h2c client, as for one upstream.
         let client = match &out.group {
+            Some(p) if out.h2c => &p.group.client.h2c,
             Some(p) => &p.group.client.client,
             None if out.h2c => &upstream.h2c,
             None => &upstream.client,

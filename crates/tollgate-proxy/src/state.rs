@@ -104,6 +104,16 @@ impl Active {
         own_listeners: &[SocketAddr],
         prev: Option<&Active>,
     ) -> Result<Active, BuildError> {
+        Self::build_counted(policy, own_listeners, prev, None)
+    }
+
+    /// [`Active::build`], with `metrics` counting the JWKS fetches it starts.
+    pub fn build_counted(
+        policy: Policy,
+        own_listeners: &[SocketAddr],
+        prev: Option<&Active>,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Active, BuildError> {
         let cfg = policy.config();
         let reusable = prev.filter(|p| {
             let old = p.policy.config();
@@ -168,7 +178,12 @@ impl Active {
         let groups = crate::balance::Groups::build(cfg, own_listeners)?;
         let cors = crate::cors::CorsTable::build(cfg);
         // JWT issuers' key sets (docs/auth.md): fetched in the background.
-        crate::jwks::start(&policy, upstream.connector.clone(), prev.map(|p| &p.policy));
+        crate::jwks::start(
+            &policy,
+            upstream.connector.clone(),
+            prev.map(|p| &p.policy),
+            metrics,
+        );
         Ok(Active {
             policy,
             upstream,
@@ -244,7 +259,7 @@ impl Gateway {
         access_log: AccessLog,
         own_listeners: &[SocketAddr],
     ) -> Result<Arc<Gateway>, BuildError> {
-        let active = Active::build(policy, own_listeners, None)?;
+        let active = Active::build_counted(policy, own_listeners, None, Some(&metrics))?;
         let state_dir = active
             .policy
             .config()

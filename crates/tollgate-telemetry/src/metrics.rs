@@ -11,6 +11,7 @@ mod discovery;
 mod dlp;
 mod handle_cache;
 mod histogram;
+mod jwks;
 mod limit_store;
 mod outcomes;
 mod queueing;
@@ -192,6 +193,7 @@ pub struct Metrics {
     outcomes: outcomes::OutcomeMetrics,
     trace_export: trace_export::TraceMetrics,
     upstreams: upstreams::UpstreamMetrics,
+    jwks: jwks::JwksMetrics,
 }
 
 /// Retries, circuit breaker and provider back-off (rare events: no handle cache needed).
@@ -387,6 +389,7 @@ impl Metrics {
         let outcomes = outcomes::OutcomeMetrics::register(&mut registry);
         let trace_export = trace_export::TraceMetrics::register(&mut registry);
         let upstreams = upstreams::UpstreamMetrics::register(&mut registry);
+        let jwks = jwks::JwksMetrics::register(&mut registry);
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -433,6 +436,7 @@ impl Metrics {
             outcomes,
             trace_export,
             upstreams,
+            jwks,
         }
     }
 
