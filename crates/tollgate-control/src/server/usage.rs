@@ -215,10 +215,10 @@ fn usage_sql(q: &UsageQuery) -> (String, Vec<P>) {
 }
 
 fn point(t: i64, key: String, v: &[i64]) -> UsagePoint {
-    let u = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
+    let u = |i: usize| unsigned(v.get(i).copied().unwrap_or(0));
     let buckets: Vec<u64> = (0..BUCKETS).map(|i| u(7 + i)).collect();
     UsagePoint {
-        t: t.max(0) as u64,
+        t: unsigned(t),
         key,
         requests: u(0),
         errors: u(1),
@@ -533,25 +533,23 @@ impl Store {
         }
     }
 
-    /// Usage points, ordered by bucket start, then requests (most first).
-    pub async fn usage(&self, q: UsageQuery) -> Result<Vec<UsagePoint>, StoreError> {
-        let (sql, params) = usage_sql(&q);
-        let ncols = 2 + 7 + BUCKETS;
+    /// Runs one read query on either back end and maps each row with `map` (one mapping for
+    /// both: [`Cols`] reads a column from a SQLite or a PostgreSQL row alike).
+    async fn select<T, F>(&self, sql: String, params: Vec<P>, map: F) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&dyn Cols) -> Result<T, StoreError> + Send + 'static,
+    {
         match self {
             Store::Sqlite(s) => {
                 s.run(move |c| {
                     let mut st = c.prepare(&render(&sql, false))?;
-                    let rows =
-                        st.query_map(rusqlite::params_from_iter(sqlite_params(&params)), |r| {
-                            let t: i64 = r.get(0)?;
-                            let k: String = r.get(1)?;
-                            let mut v = Vec::with_capacity(ncols - 2);
-                            for i in 2..ncols {
-                                v.push(r.get::<_, Option<i64>>(i)?.unwrap_or(0));
-                            }
-                            Ok(point(t, k, &v))
-                        })?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                    let mut rows = st.query(rusqlite::params_from_iter(sqlite_params(&params)))?;
+                    let mut out = Vec::new();
+                    while let Some(r) = rows.next()? {
+                        out.push(map(r)?);
+                    }
+                    Ok(out)
                 })
                 .await
             }
@@ -565,17 +563,22 @@ impl Store {
                     .query(&render(&sql, true), &pg_refs(&b))
                     .await
                     .map_err(pg_err)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        let v: Vec<i64> = (2..ncols)
-                            .map(|i| r.get::<_, Option<i64>>(i).unwrap_or(0))
-                            .collect();
-                        point(r.get(0), r.get(1), &v)
-                    })
-                    .collect())
+                rows.iter().map(|r| map(r)).collect()
             }
         }
+    }
+
+    /// Usage points, ordered by bucket start, then requests (most first).
+    pub async fn usage(&self, q: UsageQuery) -> Result<Vec<UsagePoint>, StoreError> {
+        let (sql, params) = usage_sql(&q);
+        let ncols = 2 + 7 + BUCKETS;
+        self.select(sql, params, move |r| {
+            let v = (2..ncols)
+                .map(|i| r.int(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(point(r.int(0)?, r.text(1)?, &v))
+        })
+        .await
     }
 
     /// Quota usage against each limit, per bucket and limit key (highest `used` in the bucket).
@@ -588,143 +591,41 @@ impl Store {
             ..q
         };
         let (sql, params) = limits_sql(&q);
-        fn lp(t: i64, s: [String; 6], n: [i64; 3]) -> LimitPoint {
-            let [group, gateway, api, limit, key, scope] = s;
-            LimitPoint {
-                t: t.max(0) as u64,
-                group,
-                gateway,
-                api,
-                limit,
-                key,
-                scope,
-                used: n[0].max(0) as u64,
-                quota: n[1].max(0) as u64,
-                window_secs: n[2].max(0) as u64,
-            }
-        }
-        match self {
-            Store::Sqlite(s) => {
-                s.run(move |c| {
-                    let mut st = c.prepare(&render(&sql, false))?;
-                    let rows =
-                        st.query_map(rusqlite::params_from_iter(sqlite_params(&params)), |r| {
-                            Ok(lp(
-                                r.get(0)?,
-                                [
-                                    r.get(1)?,
-                                    r.get(2)?,
-                                    r.get(3)?,
-                                    r.get(4)?,
-                                    r.get(5)?,
-                                    r.get(6)?,
-                                ],
-                                [r.get(7)?, r.get(8)?, r.get(9)?],
-                            ))
-                        })?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                })
-                .await
-            }
-            Store::Postgres(p) => {
-                let guard = p.client().await?;
-                let c = guard
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Backend("no connection".into()))?;
-                let b = pg_params(&params);
-                let rows = c
-                    .query(&render(&sql, true), &pg_refs(&b))
-                    .await
-                    .map_err(pg_err)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        lp(
-                            r.get(0),
-                            [r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)],
-                            [r.get(7), r.get(8), r.get(9)],
-                        )
-                    })
-                    .collect())
-            }
-        }
+        self.select(sql, params, |r| {
+            Ok(LimitPoint {
+                t: unsigned(r.int(0)?),
+                group: r.text(1)?,
+                gateway: r.text(2)?,
+                api: r.text(3)?,
+                limit: r.text(4)?,
+                key: r.text(5)?,
+                scope: r.text(6)?,
+                used: unsigned(r.int(7)?),
+                quota: unsigned(r.int(8)?),
+                window_secs: unsigned(r.int(9)?),
+            })
+        })
+        .await
     }
 
     /// Fleet audit events, newest first.
     pub async fn usage_events(&self, q: EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
         let (sql, params) = events_sql(&q);
-        #[allow(clippy::too_many_arguments)]
-        fn ev(
-            gateway: String,
-            group: String,
-            minute: i64,
-            kind: String,
-            api: String,
-            consumer: String,
-            reason: String,
-            n: [i64; 3],
-        ) -> UsageEvent {
-            UsageEvent {
-                gateway,
-                group,
-                minute: minute.max(0) as u64,
-                kind,
-                api,
-                consumer,
-                reason,
-                count: n[0].max(0) as u64,
-                first_at_ms: n[1].max(0) as u64,
-                last_at_ms: n[2].max(0) as u64,
-            }
-        }
-        match self {
-            Store::Sqlite(s) => {
-                s.run(move |c| {
-                    let mut st = c.prepare(&render(&sql, false))?;
-                    let rows =
-                        st.query_map(rusqlite::params_from_iter(sqlite_params(&params)), |r| {
-                            Ok(ev(
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                                r.get(6)?,
-                                [r.get(7)?, r.get(8)?, r.get(9)?],
-                            ))
-                        })?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                })
-                .await
-            }
-            Store::Postgres(p) => {
-                let guard = p.client().await?;
-                let c = guard
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Backend("no connection".into()))?;
-                let b = pg_params(&params);
-                let rows = c
-                    .query(&render(&sql, true), &pg_refs(&b))
-                    .await
-                    .map_err(pg_err)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        ev(
-                            r.get(0),
-                            r.get(1),
-                            r.get(2),
-                            r.get(3),
-                            r.get(4),
-                            r.get(5),
-                            r.get(6),
-                            [r.get(7), r.get(8), r.get(9)],
-                        )
-                    })
-                    .collect())
-            }
-        }
+        self.select(sql, params, |r| {
+            Ok(UsageEvent {
+                gateway: r.text(0)?,
+                group: r.text(1)?,
+                minute: unsigned(r.int(2)?),
+                kind: r.text(3)?,
+                api: r.text(4)?,
+                consumer: r.text(5)?,
+                reason: r.text(6)?,
+                count: unsigned(r.int(7)?),
+                first_at_ms: unsigned(r.int(8)?),
+                last_at_ms: unsigned(r.int(9)?),
+            })
+        })
+        .await
     }
 }
 
@@ -799,6 +700,39 @@ struct UsageParams {
     by: Option<UsageDim>,
     /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
     format: Option<String>,
+}
+
+/// A result row of either back end, as the usage queries read it.
+trait Cols {
+    /// An integer column; SQL NULL (an empty aggregate) reads as 0.
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+}
+
+impl Cols for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get::<_, Option<i64>>(i)?.unwrap_or(0))
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+}
+
+impl Cols for tokio_postgres::Row {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self
+            .try_get::<_, Option<i64>>(i)
+            .map_err(pg_err)?
+            .unwrap_or(0))
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.try_get(i).map_err(pg_err)
+    }
+}
+
+/// Counters and times are stored signed; a negative value (never written) reads as 0.
+fn unsigned(v: i64) -> u64 {
+    v.max(0) as u64
 }
 
 /// The group a query is limited to: a scoped viewer always gets its own group, and asking
